@@ -1,0 +1,576 @@
+r"""Soft-target InfoNCE and soft-target cross-entropy (torch only).
+
+Notation: logits ``z`` (N, C); targets ``y`` (rows on the probability simplex: dense (N, C),
+integer labels (N,) meaning one-hot, or :class:`~softnce.targets.SoftTargets`); noise
+distribution ``q`` over the C classes (strictly positive, sums to 1; ``None`` = uniform);
+temperature ``tau > 0``.
+
+Score of sample ``i`` against candidate target ``y_j``::
+
+    s_ij = (z_i / tau - log q) . y_j
+
+Loss of sample ``i`` (cross-entropy of the row ``s_i`` with its own target as the positive)::
+
+    loss_i = -log( exp(s_i,pos(i)) / sum_{j in candidates(i)} exp(s_ij) )
+
+With the ``- log q`` correction the optimum satisfies ``softmax(z / tau) = p(y | x)``: read
+predictions and calibration from ``softmax(z / tau)``. One-hot targets give hard InfoNCE
+(ranking NCE for conditional models, Ma & Collins 2018). Since every target row sums to one,
+``-log q . y_j`` with uniform ``q`` is the same constant ``log C`` for all candidates and cancels:
+``noise_probs=None`` is exactly the uniform noise distribution.
+
+Cost: the score matrix is one product ``(z / tau) Y^T`` plus a per-candidate offset
+``-(log q) . y_j`` — O(N M C) for dense targets and O(N M k + N C) for ``SoftTargets`` with ``k``
+components — never the (N, M, C) broadcast of the published implementation. Scores are computed
+in float32 (float64 stays float64) with autocast disabled, so the loss is safe under AMP.
+
+Candidate sets (``negatives=`` of :class:`SoftTargetInfoNCE`):
+
+* ``"batch"``: all targets of the (global, under ``torch.distributed``) batch; positive = own row.
+* ``"queue"``: own target + the last ``queue_size`` targets seen in training steps (a FIFO filled
+  *after* each step, gathered across ranks, saved in ``state_dict``). The first step has an empty
+  queue and a zero loss.
+* ``"sampled"``: own target + ``num_negatives`` one-hot labels drawn from ``q`` (uniform when
+  ``noise_probs`` is None), shared by the batch and identical on all ranks.
+
+A caveat (see the toy experiment): with *soft* targets, in-batch or queued negatives come from the
+empirical distribution of soft labels, not from a density whose log we subtract, so the estimate
+of ``z / tau`` is only exact for hard labels or for negatives with a known density (pass that
+density's log through ``negative_bias``/``positive_bias`` of :func:`separated_infonce`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softnce._validation import (
+    check_dense_targets,
+    check_labels,
+    check_logits,
+    check_probability_vector,
+    check_reduction,
+    check_temperature,
+)
+from softnce.distributed import broadcast_, gather_targets, is_distributed
+from softnce.targets import SoftTargets
+
+Targets = torch.Tensor | SoftTargets
+NEGATIVES = ("batch", "queue", "sampled")
+
+__all__ = [
+    "NEGATIVES",
+    "InfoNCE",
+    "SoftTargetCrossEntropy",
+    "SoftTargetInfoNCE",
+    "separated_infonce",
+    "soft_target_cross_entropy",
+    "soft_target_infonce",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # device types without autocast support
+        return contextlib.nullcontext()
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def prepare_targets(
+    targets: object,
+    num_classes: int,
+    batch_size: int | None,
+    validate_args: bool = True,
+    name: str = "targets",
+) -> Targets:
+    """Normalise ``targets`` to a dense (N, C) float tensor or :class:`SoftTargets`.
+
+    Integer labels (N,) become one-hot ``SoftTargets`` (k = 1). Shapes are always checked; values
+    (ranges, non-negativity, rows summing to 1) when ``validate_args``.
+    """
+    if isinstance(targets, SoftTargets):
+        if targets.num_classes != num_classes:
+            raise ValueError(
+                f"{name} has num_classes={targets.num_classes} but logits have C={num_classes} "
+                f"columns"
+            )
+        if batch_size is not None and len(targets) != batch_size:
+            raise ValueError(
+                f"{name} must have N={batch_size} rows (the batch size of logits); found {len(targets)}"
+            )
+        return targets.validate(name) if validate_args else targets
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor (int64 labels (N,) or float (N, C)) or SoftTargets; "
+            f"found {type(targets).__name__}"
+        )
+    if targets.dtype == torch.bool or targets.is_complex():
+        raise TypeError(f"{name} must be int64 labels or float soft targets; found {targets.dtype}")
+    if not targets.is_floating_point():
+        labels = check_labels(name, targets, num_classes, batch_size, validate_args)
+        return SoftTargets.from_labels(labels, num_classes, validate_args=False)
+    return check_dense_targets(name, targets, num_classes, batch_size, validate_args)
+
+
+def _scores(a: torch.Tensor, candidates: Targets) -> torch.Tensor:
+    """``S_ij = a_i . y_j`` for all pairs: (N, C) x M candidates -> (N, M)."""
+    if isinstance(candidates, SoftTargets):
+        return candidates.scores(a)
+    return a @ candidates.to(a.dtype).T
+
+
+def _row_scores(a: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """``a_i . y_i`` for matching rows -> (N,)."""
+    if isinstance(targets, SoftTargets):
+        return targets.dot_rows(a)
+    return (a * targets.to(a.dtype)).sum(dim=1)
+
+
+def _candidate_log_noise(candidates: Targets, log_q: torch.Tensor) -> torch.Tensor:
+    """``(log q) . y_j`` per candidate -> (M,)."""
+    if isinstance(candidates, SoftTargets):
+        return candidates.dot_vector(log_q)
+    return candidates.to(log_q.dtype) @ log_q
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _log_noise(
+    noise_probs: torch.Tensor | None, num_classes: int, dtype: torch.dtype, device: torch.device,
+    validate_args: bool,
+) -> torch.Tensor | None:
+    if noise_probs is None:
+        return None
+    q = check_probability_vector("noise_probs", noise_probs, num_classes, validate_args)
+    return q.to(device=device, dtype=dtype).log()
+
+
+def batch_infonce_rows(
+    a: torch.Tensor,
+    candidates: Targets,
+    log_q: torch.Tensor | None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """Per-row loss with in-batch candidates; ``a = z / tau`` (N, C), positive of row i is
+    candidate ``offset + i``. Returns (N,)."""
+    s = _scores(a, candidates)
+    if log_q is not None:
+        s = s - _candidate_log_noise(candidates, log_q).unsqueeze(0)
+    pos = torch.arange(a.shape[0], device=a.device) + offset
+    return torch.logsumexp(s, dim=1) - s.gather(1, pos.unsqueeze(1)).squeeze(1)
+
+
+def separated_infonce_rows(
+    a: torch.Tensor,
+    targets: Targets,
+    negatives: Targets | None,
+    log_q: torch.Tensor | None,
+    positive_bias: torch.Tensor | None = None,
+    negative_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-row loss with the own target as positive and a shared negative set. Returns (N,)."""
+    s_pos = _row_scores(a, targets)
+    if log_q is not None:
+        s_pos = s_pos - _candidate_log_noise(targets, log_q)
+    if positive_bias is not None:
+        s_pos = s_pos + positive_bias.to(s_pos.dtype)
+    if negatives is None or len(negatives) == 0:
+        return s_pos - s_pos  # a lone positive: zero loss, zero gradient
+    s_neg = _scores(a, negatives)
+    if log_q is not None:
+        s_neg = s_neg - _candidate_log_noise(negatives, log_q).unsqueeze(0)
+    if negative_bias is not None:
+        s_neg = s_neg + negative_bias.to(s_neg.dtype).unsqueeze(0)
+    s = torch.cat([s_pos.unsqueeze(1), s_neg], dim=1)
+    return torch.logsumexp(s, dim=1) - s_pos
+
+
+# --------------------------------------------------------------------------- functional
+def soft_target_infonce(
+    logits: torch.Tensor,
+    targets: Targets,
+    noise_probs: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    validate_args: bool = True,
+) -> torch.Tensor:
+    r"""Soft-target InfoNCE with in-batch negatives (no distributed gathering).
+
+    ``loss_i = logsumexp_j s_ij - s_ii`` with ``s_ij = (z_i / tau - log q) . y_j``.
+
+    Args:
+        logits: (N, C) floating point.
+        targets: (N, C) soft targets (rows on the simplex), (N,) int64 labels, or ``SoftTargets``.
+        noise_probs: (C,) strictly positive, summing to 1; ``None`` = uniform (no correction).
+        temperature: ``tau > 0``; predictions are ``softmax(logits / tau)``.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (then shape (N,)).
+        validate_args: run value checks (finiteness, ranges, simplex rows); shapes always.
+
+    Returns:
+        The reduced loss (float32, or float64 for float64 logits).
+
+    Example::
+
+        >>> z = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+        >>> y = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
+        >>> soft_target_infonce(z, y)          # = log(1 + exp(-1.6))
+        tensor(0.1839)
+    """
+    logits = check_logits(logits, validate_args)
+    n, c = logits.shape
+    tau = check_temperature(temperature)
+    reduction = check_reduction(reduction)
+    tgt = prepare_targets(targets, c, n, validate_args)
+    with _no_autocast(logits.device):
+        a = logits.to(_compute_dtype(logits)) / tau
+        log_q = _log_noise(noise_probs, c, a.dtype, a.device, validate_args)
+        loss = batch_infonce_rows(a, tgt, log_q)
+    return _reduce(loss, reduction)
+
+
+def separated_infonce(
+    logits: torch.Tensor,
+    targets: Targets,
+    negatives: Targets | None,
+    noise_probs: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    validate_args: bool = True,
+    positive_bias: torch.Tensor | None = None,
+    negative_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Soft-target InfoNCE with *separated* negatives shared by the batch.
+
+    Candidates of row ``i`` are its own target ``y_i`` (the positive) and the K rows of
+    ``negatives``::
+
+        loss_i = log( exp(s_ii) + sum_k exp(s_ik) ) - s_ii,   s_ij = (z_i/tau - log q) . y_j + b_j
+
+    ``positive_bias`` (N,) and ``negative_bias`` (K,) are optional additive offsets ``b_j`` — e.g.
+    ``-log r(y_j)`` for negatives drawn from a known density ``r`` over the simplex, which makes
+    the estimator consistent for soft labels too.
+
+    Example::
+
+        >>> z = torch.zeros(2, 3)
+        >>> separated_infonce(z, torch.tensor([0, 1]), torch.tensor([2, 2]))  # = log 3
+        tensor(1.0986)
+    """
+    logits = check_logits(logits, validate_args)
+    n, c = logits.shape
+    tau = check_temperature(temperature)
+    reduction = check_reduction(reduction)
+    tgt = prepare_targets(targets, c, n, validate_args)
+    neg = None if negatives is None else prepare_targets(negatives, c, None, validate_args,
+                                                         name="negatives")
+    if positive_bias is not None and tuple(positive_bias.shape) != (n,):
+        raise ValueError(f"positive_bias must have shape ({n},); found {tuple(positive_bias.shape)}")
+    if negative_bias is not None:
+        k = 0 if neg is None else len(neg)
+        if tuple(negative_bias.shape) != (k,):
+            raise ValueError(f"negative_bias must have shape ({k},) (one per negative); found "
+                             f"{tuple(negative_bias.shape)}")
+    with _no_autocast(logits.device):
+        a = logits.to(_compute_dtype(logits)) / tau
+        log_q = _log_noise(noise_probs, c, a.dtype, a.device, validate_args)
+        loss = separated_infonce_rows(a, tgt, neg, log_q, positive_bias, negative_bias)
+    return _reduce(loss, reduction)
+
+
+def soft_target_cross_entropy(
+    logits: torch.Tensor,
+    targets: Targets,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    validate_args: bool = True,
+) -> torch.Tensor:
+    r"""Soft-target cross-entropy ``loss_i = -(y_i . log_softmax(z_i / tau))``.
+
+    Example::
+
+        >>> soft_target_cross_entropy(torch.zeros(1, 4), torch.tensor([1]))  # = log 4
+        tensor(1.3863)
+    """
+    logits = check_logits(logits, validate_args)
+    n, c = logits.shape
+    tau = check_temperature(temperature)
+    reduction = check_reduction(reduction)
+    tgt = prepare_targets(targets, c, n, validate_args)
+    with _no_autocast(logits.device):
+        logp = F.log_softmax(logits.to(_compute_dtype(logits)) / tau, dim=1)
+        loss = -_row_scores(logp, tgt)
+    return _reduce(loss, reduction)
+
+
+# ------------------------------------------------------------------------------ modules
+class SoftTargetInfoNCE(nn.Module):
+    r"""Soft-target InfoNCE as a drop-in replacement for ``nn.CrossEntropyLoss``.
+
+    ``loss_i = -log( exp(s_i,pos(i)) / sum_{j in candidates} exp(s_ij) )``,
+    ``s_ij = (z_i / tau - log q) . y_j``; see the module docstring for the candidate sets.
+
+    Args:
+        noise_probs: (C,) noise distribution ``q`` (e.g. :func:`softnce.class_prior`), a buffer;
+            ``None`` = uniform.
+        temperature: ``tau > 0``. Predictions are ``softmax(logits / tau)``.
+        negatives: ``"batch"`` | ``"queue"`` | ``"sampled"``.
+        queue_size: FIFO length for ``"queue"``.
+        num_negatives: labels drawn from ``q`` per step for ``"sampled"``.
+        gather_distributed: under ``torch.distributed``, gather targets from all ranks (batch and
+            queue modes) and share sampled negatives, so candidates are global.
+        reduction: ``"mean"`` (over the local rows) | ``"sum"`` | ``"none"``.
+        validate_args: value checks (see :func:`soft_target_infonce`).
+
+    Shapes: ``forward(logits (N, C), targets)`` with targets (N, C) float, (N,) int64 or
+    ``SoftTargets``; returns a scalar (or (N,) with ``reduction="none"``).
+
+    The queue is only filled in training mode (``module.train()``); it lives in the buffers
+    ``queue_*`` and therefore in ``state_dict``, so a resumed run continues with the same queue.
+
+    Example::
+
+        >>> loss_fn = SoftTargetInfoNCE(noise_probs=torch.tensor([0.5, 0.25, 0.25]))
+        >>> z = torch.randn(4, 3, requires_grad=True)
+        >>> loss_fn(z, torch.tensor([0, 1, 2, 0])).backward()
+    """
+
+    def __init__(
+        self,
+        noise_probs: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        negatives: str = "batch",
+        queue_size: int = 4096,
+        num_negatives: int = 1024,
+        gather_distributed: bool = True,
+        reduction: str = "mean",
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        self.temperature = check_temperature(temperature)
+        self.reduction = check_reduction(reduction)
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}; found {negatives!r}")
+        self.negatives = negatives
+        for name, value in (("queue_size", queue_size), ("num_negatives", num_negatives)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; found {value!r}")
+        self.queue_size = int(queue_size)
+        self.num_negatives = int(num_negatives)
+        self.gather_distributed = bool(gather_distributed)
+        self.validate_args = bool(validate_args)
+        if noise_probs is not None:
+            noise_probs = check_probability_vector("noise_probs", noise_probs, None, validate_args)
+            noise_probs = noise_probs.detach().clone().float()
+        self.register_buffer("noise_probs", noise_probs)
+        # FIFO of past targets: sparse (indices/weights/uniform) unless a dense target was pushed.
+        self.register_buffer("queue_indices", torch.zeros(0, 0, dtype=torch.long))
+        self.register_buffer("queue_weights", torch.zeros(0, 0))
+        self.register_buffer("queue_uniform", torch.zeros(0))
+        self.register_buffer("queue_dense", torch.zeros(0, 0))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last_negatives", None, persistent=False)
+        self._num_classes: int | None = None
+
+    def extra_repr(self) -> str:
+        s = f"temperature={self.temperature}, negatives={self.negatives!r}"
+        if self.negatives == "queue":
+            s += f", queue_size={self.queue_size}"
+        if self.negatives == "sampled":
+            s += f", num_negatives={self.num_negatives}"
+        return s + f", reduction={self.reduction!r}"
+
+    # ------------------------------------------------------------------- targets
+    def _prepare(self, logits: torch.Tensor, targets: object) -> Targets:
+        n, c = logits.shape
+        return prepare_targets(targets, c, n, self.validate_args)
+
+    def forward(self, logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+        logits = check_logits(logits, self.validate_args)
+        n, c = logits.shape
+        tgt = self._prepare(logits, targets)
+        with _no_autocast(logits.device):
+            a = logits.to(_compute_dtype(logits)) / self.temperature
+            log_q = _log_noise(self.noise_probs, c, a.dtype, a.device, False)
+            if self.noise_probs is not None and self.noise_probs.shape[0] != c:
+                raise ValueError(f"noise_probs has length {self.noise_probs.shape[0]} but logits "
+                                 f"have C={c} columns")
+            if self.negatives == "batch":
+                cands, offset = (gather_targets(tgt) if self.gather_distributed else (tgt, 0))
+                loss = batch_infonce_rows(a, cands, log_q, offset)
+            elif self.negatives == "queue":
+                loss = separated_infonce_rows(a, tgt, self.queue_candidates(c), log_q)
+                if self.training:
+                    self._enqueue(tgt)
+            else:
+                neg = SoftTargets.from_labels(self.sample_negatives(c, a.device), c,
+                                              validate_args=False)
+                loss = separated_infonce_rows(a, tgt, neg, log_q)
+        return _reduce(loss, self.reduction)
+
+    # ---------------------------------------------------------------- sampling
+    def sample_negatives(self, num_classes: int, device: torch.device) -> torch.Tensor:
+        """Draw ``num_negatives`` labels from ``q`` (shared across ranks); kept in
+        ``last_negatives`` for inspection."""
+        with torch.no_grad():
+            if self.noise_probs is not None:
+                idx = torch.multinomial(self.noise_probs.to(device), self.num_negatives,
+                                        replacement=True)
+            else:
+                idx = torch.randint(num_classes, (self.num_negatives,), device=device)
+            if self.gather_distributed and is_distributed():
+                broadcast_(idx, src=0)
+        self.last_negatives = idx
+        return idx
+
+    # ------------------------------------------------------------------- queue
+    def queue_candidates(self, num_classes: int | None = None) -> Targets | None:
+        """The current queue contents as targets (``None`` if empty)."""
+        m = int(self.queue_len)
+        if m == 0:
+            return None
+        if self.queue_dense.numel():
+            q = self.queue_dense[:m]
+            if num_classes is not None and q.shape[1] != num_classes:
+                raise ValueError(f"the queue holds targets over {q.shape[1]} classes but logits "
+                                 f"have C={num_classes}")
+            return q
+        c = self._num_classes if self._num_classes is not None else num_classes
+        if c is None:
+            raise ValueError("num_classes is needed to read a sparse queue")
+        if num_classes is not None:
+            c = num_classes
+        return SoftTargets(self.queue_indices[:m], self.queue_weights[:m], self.queue_uniform[:m],
+                           c, validate_args=False)
+
+    @torch.no_grad()
+    def _enqueue(self, targets: Targets) -> None:
+        if self.gather_distributed:
+            targets, _ = gather_targets(targets)
+        q_size = self.queue_size
+        if isinstance(targets, SoftTargets):
+            self._num_classes = targets.num_classes
+        m = len(targets)
+        if m == 0:
+            return
+        if m > q_size:
+            targets = targets[m - q_size:]
+            m = q_size
+        dev = targets.device
+        dense_mode = bool(self.queue_dense.numel()) or not isinstance(targets, SoftTargets)
+        if dense_mode:
+            c = targets.shape[1] if isinstance(targets, torch.Tensor) else targets.num_classes
+            if not self.queue_dense.numel():  # switch (or start) in dense storage
+                old = self.queue_candidates(c) if int(self.queue_len) else None
+                self.queue_dense = torch.zeros(q_size, c, device=dev)
+                if old is not None:
+                    self.queue_dense[: len(old)] = old.to_dense(torch.float32)
+                self.queue_indices = torch.zeros(0, 0, dtype=torch.long, device=dev)
+                self.queue_weights = torch.zeros(0, 0, device=dev)
+                self.queue_uniform = torch.zeros(0, device=dev)
+            rows = targets.to_dense(torch.float32) if isinstance(targets, SoftTargets) else targets
+            slots = (self.queue_ptr + torch.arange(m, device=dev)) % q_size
+            self.queue_dense[slots] = rows.to(self.queue_dense.dtype)
+        else:
+            k = max(targets.k, self.queue_indices.shape[1])
+            if self.queue_indices.shape[0] != q_size or self.queue_indices.shape[1] < k:
+                old_k = self.queue_indices.shape[1]
+                idx = torch.zeros(q_size, k, dtype=torch.long, device=dev)
+                w = torch.zeros(q_size, k, device=dev)
+                u = torch.zeros(q_size, device=dev)
+                if self.queue_indices.shape[0] == q_size:
+                    idx[:, :old_k] = self.queue_indices
+                    w[:, :old_k] = self.queue_weights
+                    u[:] = self.queue_uniform
+                self.queue_indices, self.queue_weights, self.queue_uniform = idx, w, u
+            st = targets.pad_to(k)
+            slots = (self.queue_ptr + torch.arange(m, device=dev)) % q_size
+            self.queue_indices[slots] = st.indices
+            self.queue_weights[slots] = st.weights.to(self.queue_weights.dtype)
+            self.queue_uniform[slots] = st.uniform.to(self.queue_uniform.dtype)
+        self.queue_ptr.fill_((int(self.queue_ptr) + m) % q_size)
+        self.queue_len.fill_(min(int(self.queue_len) + m, q_size))
+
+    def reset_queue(self) -> None:
+        """Empty the queue."""
+        self.queue_len.zero_()
+        self.queue_ptr.zero_()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # Queue buffers are created lazily with data-dependent shapes: adopt the saved shapes.
+        for name in ("queue_indices", "queue_weights", "queue_uniform", "queue_dense"):
+            key = prefix + name
+            if key in state_dict:
+                saved = state_dict[key]
+                cur = getattr(self, name)
+                if saved.shape != cur.shape:
+                    setattr(self, name, torch.zeros(saved.shape, dtype=cur.dtype,
+                                                    device=cur.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class InfoNCE(SoftTargetInfoNCE):
+    r"""Hard-label InfoNCE: :class:`SoftTargetInfoNCE` for integer labels (N,).
+
+    ``s_ij = z_i[y_j] / tau - log q[y_j]``; the loss is the cross-entropy of the row ``s_i``
+    with ``j = i`` as the positive. Same arguments as :class:`SoftTargetInfoNCE`.
+
+    Example::
+
+        >>> from softnce import class_prior
+        >>> labels = torch.tensor([0, 1, 1, 2])
+        >>> loss_fn = InfoNCE(noise_probs=class_prior(labels, num_classes=3))
+        >>> loss_fn(torch.zeros(4, 3), labels)   # mean of log(35/3) - log(1/q[y_i])
+        tensor(1.4067)
+    """
+
+    def _prepare(self, logits: torch.Tensor, targets: object) -> Targets:
+        if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or \
+                targets.dtype == torch.bool:
+            found = targets.dtype if isinstance(targets, torch.Tensor) else type(targets).__name__
+            raise TypeError(
+                f"InfoNCE expects integer class labels (N,) as targets; found {found} "
+                f"(use SoftTargetInfoNCE for soft targets)"
+            )
+        return super()._prepare(logits, targets)
+
+
+class SoftTargetCrossEntropy(nn.Module):
+    r"""Soft-target cross-entropy ``loss_i = -(y_i . log_softmax(z_i / tau))``.
+
+    Accepts the same target forms as :class:`SoftTargetInfoNCE`. Shapes: logits (N, C) ->
+    scalar (or (N,) with ``reduction="none"``).
+
+    Example::
+
+        >>> SoftTargetCrossEntropy()(torch.zeros(2, 4), torch.tensor([0, 3]))   # = log 4
+        tensor(1.3863)
+    """
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "mean",
+                 validate_args: bool = True) -> None:
+        super().__init__()
+        self.temperature = check_temperature(temperature)
+        self.reduction = check_reduction(reduction)
+        self.validate_args = bool(validate_args)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}"
+
+    def forward(self, logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+        return soft_target_cross_entropy(logits, targets, self.temperature, self.reduction,
+                                         self.validate_args)
