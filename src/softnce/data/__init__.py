@@ -26,6 +26,15 @@ from torch.utils.data import Dataset
 from softnce.registry import Registry
 
 DatasetFactory = Callable[..., "DataBundle"]
+
+
+class DataError(ValueError):
+    """Bad data input (missing or malformed files, unknown dataset option, wrong path).
+
+    Raised by dataset factories; the CLI reports it as ``error: <message>`` (exit code 2)
+    without a traceback.
+    """
+
 DATASETS: Registry[DatasetFactory] = Registry("dataset")
 
 
@@ -53,6 +62,10 @@ class DataBundle:
             for data sets that need their own loader (graphs); ``None`` uses ``DataLoader``.
         class_names: optional display names.
         extra: anything data-set specific (normalisation constants, fold ids, ...).
+        default_model: model name used when the config does not name one (``None``: ``mlp``).
+        val_true_probs: optional ``(N_val, C)`` true ``p(y|x)`` for the validation split (in the
+            order of ``val``), for generated data: the harness then also reports calibration
+            against the truth.
     """
 
     name: str
@@ -68,6 +81,8 @@ class DataBundle:
     loader_factory: Callable | None = None
     class_names: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    default_model: str | None = None
+    val_true_probs: torch.Tensor | None = None
 
 
 def _import_builtin_modules() -> None:
