@@ -64,6 +64,7 @@ NEGATIVES = ("batch", "queue", "sampled")
 __all__ = [
     "NEGATIVES",
     "InfoNCE",
+    "LogitScorer",
     "SoftTargetCrossEntropy",
     "SoftTargetInfoNCE",
     "separated_infonce",
@@ -134,6 +135,29 @@ def _row_scores(a: torch.Tensor, targets: Targets) -> torch.Tensor:
     return (a * targets.to(a.dtype)).sum(dim=1)
 
 
+class LogitScorer:
+    """Scores ``a_i . y_j`` of tempered logits ``a = z / tau`` (N, C) against targets."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a = a
+        self.num_classes = a.shape[1]
+        self.device = a.device
+        self.dtype = a.dtype
+
+    def __len__(self) -> int:
+        return self.a.shape[0]
+
+    def pairwise(self, candidates: Targets) -> torch.Tensor:
+        return _scores(self.a, candidates)
+
+    def rowwise(self, targets: Targets) -> torch.Tensor:
+        return _row_scores(self.a, targets)
+
+
+def _as_scorer(a: torch.Tensor | LogitScorer) -> LogitScorer:
+    return LogitScorer(a) if isinstance(a, torch.Tensor) else a
+
+
 def _candidate_log_noise(candidates: Targets, log_q: torch.Tensor) -> torch.Tensor:
     """``(log q) . y_j`` per candidate -> (M,)."""
     if isinstance(candidates, SoftTargets):
@@ -160,22 +184,23 @@ def _log_noise(
 
 
 def batch_infonce_rows(
-    a: torch.Tensor,
+    a: torch.Tensor | LogitScorer,
     candidates: Targets,
     log_q: torch.Tensor | None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """Per-row loss with in-batch candidates; ``a = z / tau`` (N, C), positive of row i is
-    candidate ``offset + i``. Returns (N,)."""
-    s = _scores(a, candidates)
+    """Per-row loss with in-batch candidates; ``a = z / tau`` (N, C) (or a scorer), positive of
+    row i is candidate ``offset + i``. Returns (N,)."""
+    scorer = _as_scorer(a)
+    s = scorer.pairwise(candidates)
     if log_q is not None:
         s = s - _candidate_log_noise(candidates, log_q).unsqueeze(0)
-    pos = torch.arange(a.shape[0], device=a.device) + offset
+    pos = torch.arange(s.shape[0], device=s.device) + offset
     return torch.logsumexp(s, dim=1) - s.gather(1, pos.unsqueeze(1)).squeeze(1)
 
 
 def separated_infonce_rows(
-    a: torch.Tensor,
+    a: torch.Tensor | LogitScorer,
     targets: Targets,
     negatives: Targets | None,
     log_q: torch.Tensor | None,
@@ -183,14 +208,15 @@ def separated_infonce_rows(
     negative_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-row loss with the own target as positive and a shared negative set. Returns (N,)."""
-    s_pos = _row_scores(a, targets)
+    scorer = _as_scorer(a)
+    s_pos = scorer.rowwise(targets)
     if log_q is not None:
         s_pos = s_pos - _candidate_log_noise(targets, log_q)
     if positive_bias is not None:
         s_pos = s_pos + positive_bias.to(s_pos.dtype)
     if negatives is None or len(negatives) == 0:
         return s_pos - s_pos  # a lone positive: zero loss, zero gradient
-    s_neg = _scores(a, negatives)
+    s_neg = scorer.pairwise(negatives)
     if log_q is not None:
         s_neg = s_neg - _candidate_log_noise(negatives, log_q).unsqueeze(0)
     if negative_bias is not None:
@@ -405,21 +431,32 @@ class SoftTargetInfoNCE(nn.Module):
         tgt = self._prepare(logits, targets)
         with _no_autocast(logits.device):
             a = logits.to(_compute_dtype(logits)) / self.temperature
-            log_q = _log_noise(self.noise_probs, c, a.dtype, a.device, False)
-            if self.noise_probs is not None and self.noise_probs.shape[0] != c:
-                raise ValueError(f"noise_probs has length {self.noise_probs.shape[0]} but logits "
-                                 f"have C={c} columns")
-            if self.negatives == "batch":
-                cands, offset = (gather_targets(tgt) if self.gather_distributed else (tgt, 0))
-                loss = batch_infonce_rows(a, cands, log_q, offset)
-            elif self.negatives == "queue":
-                loss = separated_infonce_rows(a, tgt, self.queue_candidates(c), log_q)
-                if self.training:
-                    self._enqueue(tgt)
-            else:
-                neg = SoftTargets.from_labels(self.sample_negatives(c, a.device), c,
-                                              validate_args=False)
-                loss = separated_infonce_rows(a, tgt, neg, log_q)
+            return self.forward_with_scorer(LogitScorer(a), tgt)
+
+    def forward_with_scorer(self, scorer: LogitScorer, targets: Targets) -> torch.Tensor:
+        """The loss for prepared targets, with scores ``a_i . y_j`` supplied by ``scorer``.
+
+        ``scorer`` provides ``num_classes``, ``device``, ``dtype``, ``pairwise(candidates) ->
+        (N, M)`` and ``rowwise(targets) -> (N,)`` (see :class:`LogitScorer`); the temperature is
+        already inside it. This lets heads that never build (N, C) logits (e.g.
+        :mod:`softnce.embedded`) reuse the candidate sets, queue, sampling and noise correction.
+        """
+        c = scorer.num_classes
+        if self.noise_probs is not None and self.noise_probs.shape[0] != c:
+            raise ValueError(f"noise_probs has length {self.noise_probs.shape[0]} but the targets "
+                             f"have C={c} classes")
+        log_q = _log_noise(self.noise_probs, c, scorer.dtype, scorer.device, False)
+        if self.negatives == "batch":
+            cands, offset = (gather_targets(targets) if self.gather_distributed else (targets, 0))
+            loss = batch_infonce_rows(scorer, cands, log_q, offset)
+        elif self.negatives == "queue":
+            loss = separated_infonce_rows(scorer, targets, self.queue_candidates(c), log_q)
+            if self.training:
+                self._enqueue(targets)
+        else:
+            neg = SoftTargets.from_labels(self.sample_negatives(c, scorer.device), c,
+                                          validate_args=False)
+            loss = separated_infonce_rows(scorer, targets, neg, log_q)
         return _reduce(loss, self.reduction)
 
     # ---------------------------------------------------------------- sampling
@@ -439,12 +476,15 @@ class SoftTargetInfoNCE(nn.Module):
 
     # ------------------------------------------------------------------- queue
     def queue_candidates(self, num_classes: int | None = None) -> Targets | None:
-        """The current queue contents as targets (``None`` if empty)."""
+        """The current queue contents as targets (``None`` if empty).
+
+        Returns copies: autograd keeps them for the backward pass while the queue is updated.
+        """
         m = int(self.queue_len)
         if m == 0:
             return None
         if self.queue_dense.numel():
-            q = self.queue_dense[:m]
+            q = self.queue_dense[:m].clone()
             if num_classes is not None and q.shape[1] != num_classes:
                 raise ValueError(f"the queue holds targets over {q.shape[1]} classes but logits "
                                  f"have C={num_classes}")
@@ -454,8 +494,8 @@ class SoftTargetInfoNCE(nn.Module):
             raise ValueError("num_classes is needed to read a sparse queue")
         if num_classes is not None:
             c = num_classes
-        return SoftTargets(self.queue_indices[:m], self.queue_weights[:m], self.queue_uniform[:m],
-                           c, validate_args=False)
+        return SoftTargets(self.queue_indices[:m].clone(), self.queue_weights[:m].clone(),
+                           self.queue_uniform[:m].clone(), c, validate_args=False)
 
     @torch.no_grad()
     def _enqueue(self, targets: Targets) -> None:
