@@ -1,0 +1,711 @@
+"""Image classification data sets read from their native on-disk layouts.
+
+Registered names (``softnce train --dataset NAME --data-path PATH``):
+
+* ``imagenet``: ``PATH/train/<wnid>/*.JPEG`` and ``PATH/val/<wnid>/*.JPEG`` (the usual layout after
+  running the ``valprep.sh`` script on the ILSVRC-2012 validation images).
+* ``tiny-imagenet``: the CS231n zip as distributed (``wnids.txt``, ``train/<wnid>/images/*.JPEG``,
+  ``val/images/*.JPEG`` + ``val/val_annotations.txt``). Class ids follow the line order of
+  ``wnids.txt``. ``PATH`` may be the ``tiny-imagenet-200`` folder or its parent.
+* ``cifar10`` / ``cifar100``: the "python version" pickles from cs.toronto.edu/~kriz
+  (``cifar-10-batches-py/data_batch_1..5``, ``test_batch``, ``batches.meta``;
+  ``cifar-100-python/train``, ``test``, ``meta``). ``PATH`` may be the extracted folder or its
+  parent. The pickles are read with a restricted unpickler (see :func:`safe_unpickle`).
+* ``imagefolder``: any ``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` tree.
+
+Nothing is ever downloaded. Missing files raise :class:`DatasetNotFoundError` (a
+``FileNotFoundError`` and a :class:`softnce.data.DataError`) naming the expected file and where the data set can be
+obtained; malformed content raises :class:`DatasetFormatError`; an image that cannot be decoded
+raises :class:`CorruptImageError` naming the file (all are ``DataError``, a ``ValueError``).
+
+Labels are known without decoding a single image (folder names, annotation files or the pickled
+label lists), so :attr:`DataBundle.train_labels` — from which the harness computes the class prior
+used as the InfoNCE noise distribution — costs nothing.
+
+Transforms (the MAE fine-tuning recipe, built with timm's ``create_transform``): training uses
+``RandomResizedCrop`` to the input size (bicubic), horizontal flip, RandAugment
+``rand-m9-mstd0.5-inc1``, normalisation, then random erasing (probability 0.25, pixel mode, one
+box). Evaluation resizes the short side to ``input_size / crop_pct`` with ``crop_pct = 224/256``
+(i.e. 256 for a 224 input; ``crop_pct = 1`` for inputs larger than 224, as in MAE) and
+centre-crops ``input_size``. MixUp/CutMix are batch-level and applied by the harness
+(``kind == "image"``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from softnce.data import DATASETS, DataBundle, DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NORMALIZATION",
+    "IMAGE_EXTENSIONS",
+    "CorruptImageError",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "ImageFileDataset",
+    "ImageArrayDataset",
+    "ImageSplits",
+    "build_image_transforms",
+    "load_cifar",
+    "load_imagefolder",
+    "load_tiny_imagenet",
+    "safe_unpickle",
+]
+
+
+class DatasetNotFoundError(FileNotFoundError, DataError):
+    """A file or folder the data set layout requires is missing."""
+
+
+class DatasetFormatError(DataError):
+    """A data set file exists but its content does not have the documented layout."""
+
+
+class CorruptImageError(DataError):
+    """An image file could not be decoded."""
+
+
+# Per-channel normalisation constants (RGB, on [0, 1] pixel values). Fixed published values, never
+# computed at run time:
+# * ImageNet: torchvision / timm ``IMAGENET_DEFAULT_MEAN``/``_STD`` (the MAE fine-tuning default).
+# * Tiny ImageNet: mean (0.4802, 0.4481, 0.3975), std (0.2302, 0.2265, 0.2262), the values
+#   published with github.com/tjmoon0104/pytorch-tiny-imagenet and used throughout the Tiny
+#   ImageNet literature.
+# * CIFAR-100: mean (0.5071, 0.4865, 0.4409), std (0.2673, 0.2564, 0.2762), training-set
+#   statistics as published in github.com/weiaicunzai/pytorch-cifar100 (``CIFAR100_TRAIN_MEAN``).
+# * CIFAR-10: mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616), per-channel training-set
+#   mean and standard deviation over all pixels (the widely copied std (0.2023, 0.1994, 0.2010) is
+#   the mean of per-image stds, not the data-set std).
+# * imagefolder: ImageNet defaults (the right choice when fine-tuning an ImageNet-pretrained model
+#   on arbitrary photos).
+NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "tiny-imagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp",
+)
+
+_WHERE = {
+    "imagenet": "ImageNet (ILSVRC-2012) is available after registration at https://image-net.org "
+    "(download the train/val archives and arrange val into per-class folders).",
+    "tiny-imagenet": "Tiny ImageNet is the CS231n zip http://cs231n.stanford.edu/tiny-imagenet-200.zip "
+    "(unzip it and pass the tiny-imagenet-200 folder or its parent).",
+    "cifar10": "CIFAR-10 (python version) is https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
+    "(extract it and pass cifar-10-batches-py or its parent).",
+    "cifar100": "CIFAR-100 (python version) is https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz "
+    "(extract it and pass cifar-100-python or its parent).",
+    "imagefolder": "imagefolder expects PATH/train/<class>/<image> and PATH/val/<class>/<image>.",
+}
+
+
+def _missing(dataset: str, what: Path | str, detail: str = "") -> DatasetNotFoundError:
+    extra = f" ({detail})" if detail else ""
+    return DatasetNotFoundError(
+        f"{dataset}: expected {what} but it does not exist{extra}. {_WHERE[dataset]} "
+        "Data sets are never downloaded by softnce; pass the local folder with --data-path."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets
+
+
+def _open_rgb(path: Path):
+    """Decode ``path`` fully into an RGB PIL image, or raise :class:`CorruptImageError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            img.load()  # force full decode so truncated files fail here, not inside a transform
+            return img.convert("RGB")
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(f"image file {path} listed in the data set does not exist") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot decode image file {path}: {e}") from e
+
+
+class ImageFileDataset(Dataset):
+    """A list of ``(path, label)`` pairs decoded lazily with PIL.
+
+    Args:
+        samples: ``(path, class index)`` pairs.
+        transform: applied to the RGB PIL image; ``None`` returns the PIL image.
+    """
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable | None = None):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [y for _, y in self.samples]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        img = _open_rgb(path)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label
+
+
+class ImageArrayDataset(Dataset):
+    """Images held in memory as an ``(N, H, W, 3)`` uint8 array (CIFAR).
+
+    Args:
+        images: ``(N, H, W, 3)`` uint8 numpy array.
+        labels: ``N`` integer labels.
+        transform: applied to the RGB PIL image; ``None`` returns the PIL image.
+    """
+
+    def __init__(self, images, labels: Sequence[int], transform: Callable | None = None):
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images: expected shape (N, H, W, 3), found {tuple(images.shape)}")
+        if len(labels) != images.shape[0]:
+            raise ValueError(
+                f"labels: expected {images.shape[0]} labels (one per image), found {len(labels)}"
+            )
+        self.images = images
+        self.labels = list(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        img = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.labels[index]
+
+
+@dataclass
+class ImageSplits:
+    """A data set as read from disk, before transforms: training and validation samples."""
+
+    train: ImageFileDataset | ImageArrayDataset
+    val: ImageFileDataset | ImageArrayDataset
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def train_labels(self) -> torch.Tensor:
+        return torch.as_tensor(self.train.targets, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Folder layouts
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+    return sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _scan_split(
+    dataset: str, split_dir: Path, class_to_idx: dict[str, int] | None
+) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Scan ``split_dir/<class>/*`` (recursively inside each class folder)."""
+    if not split_dir.is_dir():
+        raise _missing(dataset, f"the folder {split_dir}", "with one sub-folder per class")
+    dirs = _class_dirs(split_dir)
+    if not dirs:
+        raise DatasetFormatError(
+            f"{dataset}: {split_dir} contains no class sub-folders; expected "
+            f"{split_dir}/<class>/<image>. {_WHERE[dataset]}"
+        )
+    names = [d.name for d in dirs]
+    if class_to_idx is None:
+        class_to_idx = {n: i for i, n in enumerate(names)}
+    else:
+        unknown = sorted(set(names) - set(class_to_idx))
+        if unknown:
+            raise DatasetFormatError(
+                f"{dataset}: {split_dir} has class folders that are not in the training split: "
+                f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+            )
+    samples: list[tuple[Path, int]] = []
+    for d in dirs:
+        files = sorted(p for p in d.rglob("*") if _is_image(p))
+        samples.extend((p, class_to_idx[d.name]) for p in files)
+    if not samples:
+        raise DatasetFormatError(
+            f"{dataset}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {split_dir}"
+        )
+    return samples, names
+
+
+def load_imagefolder(root: str | Path, dataset: str = "imagefolder") -> ImageSplits:
+    """Read ``root/train/<class>/*`` and ``root/val/<class>/*``.
+
+    Class ids are the sorted training folder names; every validation folder must be a training
+    class (a class seen only in validation would have no logit).
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise _missing(dataset, f"the data folder {root}")
+    train, names = _scan_split(dataset, root / "train", None)
+    class_to_idx = {n: i for i, n in enumerate(names)}
+    val, _ = _scan_split(dataset, root / "val", class_to_idx)
+    return ImageSplits(ImageFileDataset(train), ImageFileDataset(val), names)
+
+
+def _tiny_root(root: Path) -> Path:
+    if (root / "wnids.txt").is_file():
+        return root
+    if (root / "tiny-imagenet-200" / "wnids.txt").is_file():
+        return root / "tiny-imagenet-200"
+    raise _missing("tiny-imagenet", root / "wnids.txt", "the list of the 200 class ids")
+
+
+def load_tiny_imagenet(root: str | Path) -> ImageSplits:
+    """Read Tiny ImageNet in its distributed layout.
+
+    Class ``i`` is the ``i``-th line of ``wnids.txt``. Training images are
+    ``train/<wnid>/images/*``; validation images are ``val/images/<file>`` with the class of each
+    file given by ``val/val_annotations.txt`` (tab separated: file, wnid, box). Paths are built
+    relative to ``root``, independent of how deep ``root`` is.
+    """
+    root = _tiny_root(Path(root).expanduser())
+    wnids = [ln.strip() for ln in (root / "wnids.txt").read_text().splitlines() if ln.strip()]
+    if not wnids:
+        raise DatasetFormatError(f"tiny-imagenet: {root / 'wnids.txt'} lists no class ids")
+    if len(set(wnids)) != len(wnids):
+        raise DatasetFormatError(f"tiny-imagenet: {root / 'wnids.txt'} lists a class id twice")
+    class_to_idx = {w: i for i, w in enumerate(wnids)}
+
+    train: list[tuple[Path, int]] = []
+    for w in wnids:
+        img_dir = root / "train" / w / "images"
+        if not img_dir.is_dir():
+            raise _missing("tiny-imagenet", f"the folder {img_dir}", f"training images of {w}")
+        train.extend((p, class_to_idx[w]) for p in sorted(img_dir.iterdir()) if _is_image(p))
+    if not train:
+        raise DatasetFormatError(f"tiny-imagenet: no training images under {root / 'train'}")
+
+    ann = root / "val" / "val_annotations.txt"
+    if not ann.is_file():
+        raise _missing("tiny-imagenet", ann, "the validation labels")
+    val_dir = root / "val" / "images"
+    if not val_dir.is_dir():
+        raise _missing("tiny-imagenet", f"the folder {val_dir}")
+    val: list[tuple[Path, int]] = []
+    for lineno, line in enumerate(ann.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise DatasetFormatError(
+                f"tiny-imagenet: {ann} line {lineno}: expected 'file<TAB>wnid<TAB>box...', "
+                f"found {line!r}"
+            )
+        fname, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in class_to_idx:
+            raise DatasetFormatError(
+                f"tiny-imagenet: {ann} line {lineno}: class id {wnid!r} is not in wnids.txt"
+            )
+        path = val_dir / fname
+        if not path.is_file():
+            raise _missing("tiny-imagenet", path, f"listed in {ann.name} line {lineno}")
+        val.append((path, class_to_idx[wnid]))
+    if not val:
+        raise DatasetFormatError(f"tiny-imagenet: {ann} lists no validation images")
+    return ImageSplits(ImageFileDataset(train), ImageFileDataset(val), wnids)
+
+
+# --------------------------------------------------------------------------------------------------
+# CIFAR pickles
+
+
+def _np_reconstruct(subtype, shape, dtype):
+    """Stand-in for ``numpy.core.multiarray._reconstruct`` that only builds plain ndarrays."""
+    import numpy as np
+
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"array subtype {subtype!r} is not allowed")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _np_dtype(*args):
+    """Stand-in for ``numpy.dtype`` that refuses object dtypes."""
+    import numpy as np
+
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise pickle.UnpicklingError("numpy object arrays are not allowed")
+    return dt
+
+
+def _np_frombuffer(buf, dtype, shape, order="C"):
+    """Stand-in for ``numpy._core.numeric._frombuffer`` (pickle protocol 5 arrays)."""
+    import numpy as np
+
+    dt = _np_dtype(dtype)
+    if order not in ("C", "F", "A", "K"):
+        raise pickle.UnpicklingError(f"array order {order!r} is not allowed")
+    return np.frombuffer(buf, dtype=dt).reshape(shape, order="F" if order == "F" else "C")
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    """Stand-in for ``_codecs.encode``: protocol-2 pickles store ``bytes`` as
+    ``_codecs.encode(text, 'latin1')``. Only that conversion, str -> bytes, is performed."""
+    if not isinstance(text, str) or str(encoding).lower().replace("-", "") not in (
+        "latin1", "utf8", "ascii"
+    ):
+        raise pickle.UnpicklingError("only _codecs.encode(str, 'latin1') is allowed")
+    return text.encode(encoding)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals needed for plain numpy arrays.
+
+    Dicts, lists, tuples, str, bytes, ints and floats need no globals at all. Numpy arrays pickle
+    as ``_reconstruct(ndarray, shape, dtype)`` + ``__setstate__`` (or ``_frombuffer`` under
+    protocol 5), and protocol-2 ``bytes`` as ``_codecs.encode(text, 'latin1')``; these map to
+    the checked stand-ins above. Everything else (functions, classes, ``os.system`` ...) is refused.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        import numpy as np
+
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return _np_reconstruct
+        if module == "numpy" and name == "ndarray":
+            return np.ndarray
+        if module == "numpy" and name == "dtype":
+            return _np_dtype
+        if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
+            return _np_frombuffer
+        if module == "_codecs" and name == "encode":
+            return _codecs_encode
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a data file")
+
+
+def safe_unpickle(path: str | Path) -> Any:
+    """Unpickle a data file with :class:`_RestrictedUnpickler` (``encoding='latin1'`` so the
+    Python 2 pickles of the official CIFAR archives load).
+
+    Raises:
+        DatasetFormatError: the file is not a pickle, or references anything beyond plain
+            containers and numpy arrays (such a file could execute code and is never loaded).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise DatasetFormatError(
+            f"refusing to unpickle {path}: {e}. The official CIFAR pickles contain only dicts, "
+            "lists, bytes, ints and numpy uint8 arrays; anything else could execute code."
+        ) from e
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise DatasetFormatError(f"cannot read {path} as a CIFAR pickle: {e}") from e
+
+
+def _str_keys(d: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise DatasetFormatError(f"{path}: expected a pickled dict, found {type(d).__name__}")
+    return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in d.items()}
+
+
+def _to_text(x: Any) -> str:
+    return x.decode("latin1") if isinstance(x, bytes) else str(x)
+
+
+def _cifar_batch(path: Path, label_key: str, dataset: str):
+    """Return ``(images (N, 32, 32, 3) uint8, labels list[int])`` from one CIFAR batch file."""
+    import numpy as np
+
+    if not path.is_file():
+        raise _missing(dataset, path)
+    d = _str_keys(safe_unpickle(path), path)
+    for key in ("data", label_key):
+        if key not in d:
+            raise DatasetFormatError(
+                f"{dataset}: {path} has no {key!r} entry (found keys {sorted(d)})"
+            )
+    raw = d["data"]
+    if isinstance(raw, (bytes, bytearray)):
+        arr = np.frombuffer(bytes(raw), dtype=np.uint8)
+    elif isinstance(raw, np.ndarray):
+        arr = raw
+    else:  # a list of rows (bytes or lists of ints)
+        try:
+            arr = np.asarray(
+                [np.frombuffer(r, dtype=np.uint8) if isinstance(r, bytes) else r for r in raw]
+            )
+        except (TypeError, ValueError) as e:
+            raise DatasetFormatError(f"{dataset}: {path}: 'data' is not an image array: {e}") from e
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.integer) or arr.min(initial=0) < 0 or arr.max(
+            initial=0
+        ) > 255:
+            raise DatasetFormatError(
+                f"{dataset}: {path}: 'data' must hold uint8 pixel values, found dtype {arr.dtype}"
+            )
+        arr = arr.astype(np.uint8)
+    if arr.size % 3072:
+        raise DatasetFormatError(
+            f"{dataset}: {path}: 'data' must hold rows of 3072 bytes (3x32x32), found "
+            f"{arr.size} values"
+        )
+    images = arr.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+    labels = [int(y) for y in d[label_key]]
+    if len(labels) != images.shape[0]:
+        raise DatasetFormatError(
+            f"{dataset}: {path}: {images.shape[0]} images but {len(labels)} labels"
+        )
+    return images, labels
+
+
+def load_cifar(root: str | Path, num_classes: int) -> ImageSplits:
+    """Read CIFAR-10 (``num_classes=10``) or CIFAR-100 (``num_classes=100``, fine labels)."""
+    import numpy as np
+
+    if num_classes not in (10, 100):
+        raise ValueError(f"num_classes: expected 10 or 100, found {num_classes}")
+    dataset = f"cifar{num_classes}"
+    root = Path(root).expanduser()
+    if num_classes == 10:
+        folder, train_files, test_file = (
+            "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+        )
+        meta_file, label_key, names_key = "batches.meta", "labels", "label_names"
+    else:
+        folder, train_files, test_file = "cifar-100-python", ["train"], "test"
+        meta_file, label_key, names_key = "meta", "fine_labels", "fine_label_names"
+    if not (root / train_files[0]).exists() and (root / folder).is_dir():
+        root = root / folder
+    if not root.is_dir():
+        raise _missing(dataset, f"the folder {root}")
+
+    parts = [_cifar_batch(root / f, label_key, dataset) for f in train_files]
+    train_x = np.concatenate([p[0] for p in parts])
+    train_y = [y for p in parts for y in p[1]]
+    test_x, test_y = _cifar_batch(root / test_file, label_key, dataset)
+
+    meta_path = root / meta_file
+    if not meta_path.is_file():
+        raise _missing(dataset, meta_path, "the class names")
+    meta = _str_keys(safe_unpickle(meta_path), meta_path)
+    if names_key not in meta:
+        raise DatasetFormatError(f"{dataset}: {meta_path} has no {names_key!r} entry")
+    names = [_to_text(n) for n in meta[names_key]]
+    if len(names) != num_classes:
+        raise DatasetFormatError(
+            f"{dataset}: {meta_path} lists {len(names)} class names, expected {num_classes}"
+        )
+    for split, ys in (("training", train_y), ("test", test_y)):
+        bad = [y for y in ys if not 0 <= y < num_classes]
+        if bad:
+            raise DatasetFormatError(
+                f"{dataset}: {split} label {bad[0]} is outside [0, {num_classes})"
+            )
+    return ImageSplits(ImageArrayDataset(train_x, train_y), ImageArrayDataset(test_x, test_y), names)
+
+
+# --------------------------------------------------------------------------------------------------
+# Transforms and the registered factories
+
+
+def build_image_transforms(
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+    re_prob: float = 0.25,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+    interpolation: str = "bicubic",
+    eval_crop_pct: float | None = None,
+    color_jitter: float = 0.0,
+    hflip: float = 0.5,
+    vflip: float = 0.0,
+    scale: tuple[float, float] | None = None,
+    ratio: tuple[float, float] | None = None,
+) -> tuple[Callable, Callable]:
+    """``(train_transform, eval_transform)`` of the MAE fine-tuning recipe via timm.
+
+    Eval: resize the short side to ``floor(input_size / crop_pct)`` then centre-crop
+    ``input_size``, with ``crop_pct = 224/256`` when ``input_size <= 224`` else ``1.0`` (MAE's
+    ``build_transform``) unless ``eval_crop_pct`` is given. The defaults are the paper's
+    training recipe; ``scale``/``ratio`` ``None`` mean timm's (0.08, 1) / (3/4, 4/3).
+    """
+    from timm.data import create_transform
+
+    if not isinstance(input_size, int) or input_size <= 0:
+        raise ValueError(f"input_size: expected a positive int, found {input_size!r}")
+    if not 0.0 <= re_prob <= 1.0:
+        raise ValueError(f"re_prob: expected a probability in [0, 1], found {re_prob}")
+    crop_pct = eval_crop_pct if eval_crop_pct is not None else (
+        224 / 256 if input_size <= 224 else 1.0
+    )
+    train_tf = create_transform(
+        input_size=input_size,
+        is_training=True,
+        scale=scale,
+        ratio=ratio,
+        hflip=hflip,
+        vflip=vflip,
+        # MAE passes None; timm ignores colour jitter under RandAugment anyway
+        color_jitter=color_jitter or None,
+        auto_augment=auto_augment or None,
+        interpolation=interpolation,
+        re_prob=re_prob,
+        re_mode=re_mode,
+        re_count=re_count,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+    eval_tf = create_transform(
+        input_size=input_size,
+        is_training=False,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+    return train_tf, eval_tf
+
+
+_AUGMENT_FALLBACK: dict[str, Any] = {
+    "aa": None, "reprob": 0.0, "remode": "pixel", "recount": 1, "interpolation": "bicubic",
+    "color_jitter": 0.0, "hflip": 0.5, "vflip": 0.0, "scale": [0.08, 1.0],
+    "ratio": [0.75, 4 / 3], "crop_pct": None, "mean": None, "std": None,
+}
+
+
+def _augment(cfg: Any) -> dict[str, Any]:
+    """The harness's augmentation options (``cfg.augment_options()``: ``augment`` + defaults)."""
+    if hasattr(cfg, "augment_options"):
+        return dict(cfg.augment_options())
+    return {**_AUGMENT_FALLBACK, **dict(getattr(cfg, "augment", None) or {})}
+
+
+def _require_path(cfg: Any, dataset: str) -> Path:
+    path = getattr(cfg, "data_path", None)
+    if not path:
+        raise DataError(
+            f"data_path: the {dataset!r} data set needs --data-path pointing at the local copy; "
+            f"found {path!r}. {_WHERE[dataset]}"
+        )
+    opts = getattr(cfg, "dataset_options", None) or {}
+    if opts:
+        raise DataError(
+            f"dataset_options: the {dataset!r} data set takes no options, found {sorted(opts)}; "
+            "augmentation is set with 'augment' (e.g. --set augment.reprob=0.25)"
+        )
+    return Path(path)
+
+
+def _bundle(name: str, splits: ImageSplits, cfg: Any) -> DataBundle:
+    """Attach the transforms built from ``cfg`` and wrap ``splits`` into a :class:`DataBundle`."""
+    requested = getattr(cfg, "num_classes", None)
+    if requested is not None and int(requested) != splits.num_classes:
+        raise DataError(
+            f"num_classes: {name} has {splits.num_classes} classes, found num_classes={requested}"
+        )
+    input_size = getattr(cfg, "input_size", None) or 224
+    aug = _augment(cfg)
+    mean, std = NORMALIZATION[name]
+    mean = tuple(aug["mean"]) if aug.get("mean") is not None else mean
+    std = tuple(aug["std"]) if aug.get("std") is not None else std
+    try:
+        train_tf, eval_tf = build_image_transforms(
+            int(input_size),
+            mean,
+            std,
+            auto_augment=aug.get("aa"),
+            re_prob=float(aug.get("reprob") or 0.0),
+            re_mode=str(aug.get("remode") or "pixel"),
+            re_count=int(aug.get("recount") or 1),
+            interpolation=str(aug.get("interpolation") or "bicubic"),
+            eval_crop_pct=aug.get("crop_pct"),
+            color_jitter=float(aug.get("color_jitter") or 0.0),
+            hflip=float(aug.get("hflip", 0.5)),
+            vflip=float(aug.get("vflip", 0.0)),
+            scale=tuple(aug["scale"]) if aug.get("scale") is not None else None,
+            ratio=tuple(aug["ratio"]) if aug.get("ratio") is not None else None,
+        )
+    except ValueError as e:
+        raise DataError(f"{name}: invalid augmentation settings: {e}") from e
+    splits.train.transform = train_tf
+    splits.val.transform = eval_tf
+    logger.info(
+        "%s: %d training / %d validation images, %d classes, input %dx%d",
+        name, len(splits.train), len(splits.val), splits.num_classes, input_size, input_size,
+    )
+    return DataBundle(
+        name=name,
+        kind="image",
+        train=splits.train,
+        val=splits.val,
+        num_classes=splits.num_classes,
+        input_shape=(3, int(input_size), int(input_size)),
+        train_labels=splits.train_labels(),
+        class_names=splits.class_names,
+        default_model="vit_base_patch16_224",
+        extra={"mean": mean, "std": std, "input_size": int(input_size)},
+    )
+
+
+@DATASETS.register("imagenet", help="ImageNet-1k, train/<wnid>/*.JPEG + val/<wnid>/*.JPEG")
+def build_imagenet(cfg: Any) -> DataBundle:
+    """ImageNet-1k from ``--data-path`` (``train/<wnid>``, ``val/<wnid>`` folders)."""
+    return _bundle("imagenet", load_imagefolder(_require_path(cfg, "imagenet"), "imagenet"), cfg)
+
+
+@DATASETS.register("tiny-imagenet", help="Tiny ImageNet (200 classes), CS231n zip layout")
+def build_tiny_imagenet(cfg: Any) -> DataBundle:
+    """Tiny ImageNet from ``--data-path`` in its distributed layout."""
+    return _bundle("tiny-imagenet", load_tiny_imagenet(_require_path(cfg, "tiny-imagenet")), cfg)
+
+
+@DATASETS.register("cifar10", help="CIFAR-10, python pickle layout (cifar-10-batches-py)")
+def build_cifar10(cfg: Any) -> DataBundle:
+    """CIFAR-10 from ``--data-path`` (python pickle version; test batch used for validation)."""
+    return _bundle("cifar10", load_cifar(_require_path(cfg, "cifar10"), 10), cfg)
+
+
+@DATASETS.register("cifar100", help="CIFAR-100 (fine labels), python pickle layout")
+def build_cifar100(cfg: Any) -> DataBundle:
+    """CIFAR-100 from ``--data-path`` (python pickle version; test split used for validation)."""
+    return _bundle("cifar100", load_cifar(_require_path(cfg, "cifar100"), 100), cfg)
+
+
+@DATASETS.register("imagefolder", help="any train/<class>/* + val/<class>/* image tree")
+def build_imagefolder(cfg: Any) -> DataBundle:
+    """Any ``train/<class>`` + ``val/<class>`` folder tree from ``--data-path``."""
+    return _bundle("imagefolder", load_imagefolder(_require_path(cfg, "imagefolder")), cfg)
