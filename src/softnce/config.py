@@ -1,0 +1,472 @@
+"""The harness configuration: :class:`TrainConfig`, YAML presets and ``--set`` overrides.
+
+Resolution order (later wins): dataclass defaults < YAML file (after its ``base:`` chain) <
+``overrides`` (``KEY=VALUE`` strings, VALUE parsed as YAML, dotted keys reach into dict fields) <
+explicit keyword fields. Every key and value is validated; an error is a :class:`ConfigError`
+(a ``ValueError``) whose message names the key, the expected and the found value and, for
+unknown keys or choices, lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AUGMENT_DEFAULTS",
+    "ConfigError",
+    "TrainConfig",
+    "config_keys",
+    "find_preset",
+    "load_config",
+    "load_yaml",
+    "parse_overrides",
+    "REPO_CONFIG_DIR",
+]
+
+#: ``configs/`` of a source checkout (``src/softnce/config.py`` -> ``<repo>/configs``).
+REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+#: Image augmentation options (nested ``augment:`` dict) and their defaults.
+AUGMENT_DEFAULTS: dict[str, Any] = {
+    "aa": None,  # timm auto-augment policy string, e.g. "rand-m9-mstd0.5-inc1"
+    "reprob": 0.0,  # random erasing probability
+    "remode": "pixel",
+    "recount": 1,
+    "interpolation": "bicubic",
+    "color_jitter": 0.0,
+    "hflip": 0.5,
+    "vflip": 0.0,
+    "scale": [0.08, 1.0],
+    "ratio": [0.75, 1.3333333333333333],
+    "crop_pct": None,
+    "mean": None,
+    "std": None,
+}
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+NOISE_CHOICES = ("prior", "uniform")
+NEGATIVES_CHOICES = ("batch", "queue", "sampled")
+MIX_MODE_CHOICES = ("batch", "pair", "elem")
+HEAD_CHOICES = ("linear", "mlp", "embedding")
+# Fields that may differ between a run and its resumption / a rerun in the same directory.
+RUNTIME_ONLY_KEYS = frozenset(
+    {"resume", "quiet", "output_dir", "workers", "device", "tensorboard", "eval_batch_size",
+     "cpu_threads"}
+)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration key, value or combination (reported as a usage error)."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run. See ``docs/sections/harness-api.md`` for every field."""
+
+    # data
+    dataset: str | None = None
+    data_path: str | None = None
+    num_classes: int | None = None
+    input_size: int | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = field(default_factory=dict)
+    # model
+    model: str | None = None
+    head: str = "linear"
+    finetune: str | None = None
+    drop_path: float = 0.0
+    model_options: dict[str, Any] = field(default_factory=dict)
+    # loss and soft targets
+    loss: str = "soft-infonce"
+    temperature: float = 1.0
+    noise: str = "prior"
+    negatives: str = "batch"
+    queue_size: int = 4096
+    num_negatives: int = 1024
+    gather_distributed: bool = True
+    smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    mix_mode: str = "batch"
+    # optimisation
+    epochs: int = 30
+    max_steps: int | None = None
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float | None = None
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    clip_grad: float | None = None
+    accum_steps: int = 1
+    amp: str = "auto"
+    ema: float | None = None
+    # run
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    cpu_threads: int | None = None  # torch.set_num_threads for the run on CPU (None: leave)
+    output_dir: str | None = None
+    resume: bool = False
+    quiet: bool = False
+    eval_every: int = 1
+    ckpt_every_steps: int = 0
+    save_val_logits: Any = "auto"  # "auto" | True | False
+    tensorboard: bool = True
+
+    # ----------------------------------------------------------------- helpers
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-python copy (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some fields changed."""
+        d = self.to_dict()
+        d.update(changes)
+        return TrainConfig.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping with field names as keys (``-`` accepted for ``_``)."""
+        cfg = cls()
+        for key, value in d.items():
+            name = _field_name(key, source)
+            setattr(cfg, name, _coerce(name, value, source))
+        return cfg.validate()
+
+    def augment_options(self) -> dict[str, Any]:
+        """``augment`` with every default filled in."""
+        out = dict(AUGMENT_DEFAULTS)
+        out.update(self.augment)
+        return out
+
+    @property
+    def resolved_output_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("runs") / f"{self.dataset}-{self.loss}-seed{self.seed}"
+
+    @property
+    def resolved_eval_batch_size(self) -> int:
+        return self.eval_batch_size or max(256, self.batch_size)
+
+    # -------------------------------------------------------------- validation
+    def validate(self) -> TrainConfig:
+        """Check every value and the combinations that do not depend on the data set.
+
+        Raises :class:`ConfigError` naming the key, the expected and the found value.
+        """
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), "config"))
+        _check_ranges(self)
+        _check_names(self)
+        _check_combinations(self)
+        return self
+
+
+# --------------------------------------------------------------------------- types
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def config_keys() -> list[str]:
+    """All valid config keys, sorted."""
+    return sorted(_FIELDS)
+
+
+def _field_name(key: object, source: str) -> str:
+    if not isinstance(key, str):
+        raise ConfigError(f"config keys must be strings; found {key!r} in {source}")
+    name = key.replace("-", "_")
+    if name not in _FIELDS:
+        raise ConfigError(
+            f"unknown config key {key!r} in {source}; valid keys: {', '.join(config_keys())}"
+        )
+    return name
+
+
+def _type_of(name: str) -> tuple[str, bool]:
+    """(base type, optional) from the field's annotation string."""
+    ann = str(_FIELDS[name].type).replace(" ", "")
+    optional = ann.endswith("|None")
+    base = ann[: -len("|None")] if optional else ann
+    if base.startswith("dict"):
+        base = "dict"
+    return base, optional
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert YAML/CLI values to the field type (``'1e-3'`` -> 1e-3, ``3.0`` -> 3)."""
+    base, optional = _type_of(name)
+    if value is None:
+        if optional:
+            return None
+        if base == "dict":
+            return {}
+        raise ConfigError(f"{name} must not be null in {source}")
+    if base == "Any":
+        return value
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name} must be true or false in {source}; found {value!r}")
+    if base == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer in {source}; found {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+        raise ConfigError(f"{name} must be an integer in {source}; found {value!r}")
+    if base == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number in {source}; found {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be a number in {source}; found {value!r}")
+    if base == "str":
+        if isinstance(value, (str, Path)):
+            return str(value)
+        raise ConfigError(f"{name} must be a string in {source}; found {value!r}")
+    if base == "dict":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a mapping (YAML dict) in {source}; found {value!r}")
+        return {str(k).replace("-", "_") if name == "augment" else str(k): v
+                for k, v in value.items()}
+    raise AssertionError(f"unhandled config type {base} for {name}")  # pragma: no cover
+
+
+def _choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; found {value!r}")
+
+
+def _check_ranges(c: TrainConfig) -> None:
+    def need(cond: bool, name: str, expected: str) -> None:
+        if not cond:
+            raise ConfigError(f"{name} must be {expected}; found {getattr(c, name)!r}")
+
+    def finite(x: float) -> bool:
+        return math.isfinite(x)
+
+    need(c.epochs >= 1, "epochs", ">= 1")
+    need(c.max_steps is None or c.max_steps >= 1, "max_steps", ">= 1 (or null)")
+    need(c.batch_size >= 1, "batch_size", ">= 1")
+    need(c.eval_batch_size is None or c.eval_batch_size >= 1, "eval_batch_size", ">= 1")
+    need(finite(c.lr) and c.lr >= 0, "lr", "a finite number >= 0")
+    need(finite(c.weight_decay) and c.weight_decay >= 0, "weight_decay", ">= 0")
+    need(c.layer_decay is None or 0 < c.layer_decay <= 1, "layer_decay", "in (0, 1] or null")
+    need(finite(c.warmup_epochs) and c.warmup_epochs >= 0, "warmup_epochs", ">= 0")
+    need(finite(c.min_lr) and c.min_lr >= 0, "min_lr", ">= 0")
+    need(c.clip_grad is None or (finite(c.clip_grad) and c.clip_grad > 0), "clip_grad",
+         "> 0 or null")
+    need(c.accum_steps >= 1, "accum_steps", ">= 1")
+    need(c.ema is None or 0 < c.ema < 1, "ema", "a decay in (0, 1) or null")
+    need(0 <= c.drop_path < 1, "drop_path", "in [0, 1)")
+    need(0 <= c.smoothing < 1, "smoothing", "in [0, 1)")
+    need(finite(c.mixup) and c.mixup >= 0, "mixup", ">= 0 (0: off)")
+    need(finite(c.cutmix) and c.cutmix >= 0, "cutmix", ">= 0 (0: off)")
+    need(0 <= c.mix_prob <= 1, "mix_prob", "in [0, 1]")
+    need(0 <= c.switch_prob <= 1, "switch_prob", "in [0, 1]")
+    need(finite(c.temperature) and c.temperature > 0, "temperature", "a finite number > 0")
+    need(c.queue_size >= 1, "queue_size", ">= 1")
+    need(c.num_negatives >= 1, "num_negatives", ">= 1")
+    need(c.workers >= 0, "workers", ">= 0")
+    need(c.cpu_threads is None or c.cpu_threads >= 1, "cpu_threads", ">= 1 (or null)")
+    need(c.eval_every >= 1, "eval_every", ">= 1")
+    need(c.ckpt_every_steps >= 0, "ckpt_every_steps", ">= 0 (0: epoch ends only)")
+    need(c.num_classes is None or c.num_classes >= 2, "num_classes", ">= 2 (or null)")
+    need(c.input_size is None or c.input_size >= 1, "input_size", ">= 1 (or null)")
+    _choice("amp", c.amp, AMP_CHOICES)
+    _choice("noise", c.noise, NOISE_CHOICES)
+    _choice("negatives", c.negatives, NEGATIVES_CHOICES)
+    _choice("mix_mode", c.mix_mode, MIX_MODE_CHOICES)
+    _choice("head", c.head, HEAD_CHOICES)
+    if c.save_val_logits not in ("auto", True, False):
+        raise ConfigError(f"save_val_logits must be auto, true or false; found "
+                          f"{c.save_val_logits!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", c.device):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; found {c.device!r}")
+    unknown = sorted(set(c.augment) - set(AUGMENT_DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"unknown augment option(s) {', '.join(map(repr, unknown))}; valid keys: "
+            f"{', '.join(sorted(AUGMENT_DEFAULTS))}"
+        )
+    if c.data_path is not None and not Path(c.data_path).expanduser().exists():
+        raise ConfigError(f"data_path {c.data_path!r} does not exist")
+    if c.finetune is not None and not Path(c.finetune).expanduser().is_file():
+        raise ConfigError(f"finetune checkpoint {c.finetune!r} does not exist or is not a file")
+
+
+def _check_names(c: TrainConfig) -> None:
+    from softnce.data import DATASETS
+    from softnce.engine import LOSSES
+    from softnce.models import MODELS
+    from softnce.models.basic import HEADS
+
+    if c.dataset is None:
+        raise ConfigError(
+            f"missing dataset: pass --dataset NAME (or 'dataset:' in the config); valid "
+            f"choices: {', '.join(DATASETS.names())}"
+        )
+    if c.dataset not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset {c.dataset!r}; valid choices: {', '.join(DATASETS.names())}"
+        )
+    if c.loss not in LOSSES:
+        raise ConfigError(f"unknown loss {c.loss!r}; valid choices: {', '.join(LOSSES.names())}")
+    if c.head not in HEADS:
+        raise ConfigError(
+            f"head {c.head!r} is not available (its module is not installed); available heads: "
+            f"{', '.join(HEADS.names())}"
+        )
+    if c.model is not None and c.model not in MODELS:
+        is_timm = False
+        if "timm" in MODELS:
+            import timm
+
+            is_timm = timm.is_model(c.model)
+        if not is_timm:
+            extra = " or any timm model name" if "timm" in MODELS else ""
+            raise ConfigError(
+                f"unknown model {c.model!r}; valid choices: {', '.join(MODELS.names())}{extra}"
+            )
+
+
+def _check_combinations(c: TrainConfig) -> None:
+    from softnce.engine import LOSSES
+
+    spec = LOSSES.get(c.loss)
+    if spec.targets == "hard":
+        for name in ("smoothing", "mixup", "cutmix"):
+            if getattr(c, name) != 0:
+                raise ConfigError(
+                    f"loss {c.loss!r} trains on hard labels, so {name} must be 0; found "
+                    f"{getattr(c, name)} (use a soft-target loss such as soft-ce or soft-infonce)"
+                )
+    if c.loss == "nll" and c.temperature != 1.0:
+        raise ConfigError(
+            f"loss 'nll' is the plain torch.nn.CrossEntropyLoss, so temperature must be 1; found "
+            f"{c.temperature} (use soft-ce for a tempered cross-entropy)"
+        )
+    if c.negatives != "batch" and not spec.uses_negatives:
+        raise ConfigError(
+            f"negatives={c.negatives!r} only applies to the InfoNCE losses; loss {c.loss!r} "
+            f"needs negatives 'batch' (the default)"
+        )
+
+
+# ---------------------------------------------------------------------- YAML I/O
+def find_preset(name: str) -> Path:
+    """A config file: an existing path, or a preset name under the repository's ``configs/``."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    for cand in (REPO_CONFIG_DIR / name, REPO_CONFIG_DIR / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    presets = sorted(q.stem for q in REPO_CONFIG_DIR.glob("*.yaml")) if REPO_CONFIG_DIR.is_dir() \
+        else []
+    hint = f"; presets in {REPO_CONFIG_DIR}: {', '.join(presets)}" if presets else ""
+    raise ConfigError(f"config file {name!r} not found{hint}")
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, following ``base:`` (a path or list of paths relative to the file)."""
+    import yaml
+
+    path = find_preset(str(path)).resolve()
+    if path in _seen:
+        raise ConfigError(f"config 'base:' cycle: {' -> '.join(map(str, (*_seen, path)))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse {path} as YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping; found {type(data).__name__}")
+    bases = data.pop("base", None)
+    merged: dict[str, Any] = {}
+    for b in [bases] if isinstance(bases, str) else (bases or []):
+        bp = Path(b) if Path(b).is_absolute() else path.parent / b
+        merged = _merge(merged, load_yaml(bp, (*_seen, path)))
+    return _merge(merged, data)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["lr=1e-3", "dataset_options.sigma=2"]`` -> nested dict (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE; found {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+        parts = key.split(".")
+        top = _field_name(parts[0], "--set")
+        if len(parts) > 1:
+            if _type_of(top)[0] != "dict":
+                raise ConfigError(f"--set {key}: {top} is not a dict field; dotted keys only "
+                                  f"reach into dataset_options, model_options and augment")
+            node = out.setdefault(top, {})
+            for p in parts[1:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = value
+        else:
+            out[top] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> TrainConfig:
+    """Defaults < YAML ``path`` < ``overrides`` < ``fields`` (``None`` values are ignored)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        raw = load_yaml(path)
+        for k in raw:
+            _field_name(k, str(path))
+        data = _merge(data, {k.replace("-", "_"): v for k, v in raw.items()})
+    if overrides:
+        ov = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        data = _merge(data, ov)
+    for k, v in fields.items():
+        if v is not None:
+            data[_field_name(k, "arguments")] = v
+    return TrainConfig.from_dict(data)

@@ -1,0 +1,936 @@
+r"""The training loop behind ``softnce train``: one run from a :class:`~softnce.config.TrainConfig`.
+
+``train(cfg) -> summary`` builds the data set (``softnce.data.DATASETS``), the model
+(``softnce.models.build_model``), the loss (:func:`build_loss`) and the per-batch soft targets
+(:class:`~softnce.targets_mixing.BatchTargetBuilder`), then runs AdamW (timm
+``create_optimizer_v2``) with a per-step schedule
+
+.. math:: \eta_s = \eta \frac{s + 1}{W} \ (s < W), \qquad
+          \eta_s = \eta_{min} + \tfrac12 (\eta - \eta_{min})
+          \big(1 + \cos(\pi \tfrac{s - W}{S - W})\big) \ (s \ge W),
+
+(``W`` warm-up steps, ``S`` total steps), gradient clipping and accumulation, AMP on CUDA, an
+optional EMA, and evaluates top-1/top-5, NLL, ECE (15 bins), Brier on the validation split from
+``softmax(logits / T)`` every ``eval_every`` epochs.
+
+Everything needed to continue a run bit-for-bit on CPU is in the checkpoint: model, optimiser,
+GradScaler, EMA, loss state (queue buffers), the target builder's RNG, the epoch and step within
+the epoch, and the python / numpy / torch / CUDA RNG states of every rank; the train sampler's
+order is a function of ``(seed, epoch)`` and skips the samples already seen. Checkpoints hold only
+tensors and plain python, so ``torch.load(path, weights_only=True)`` reads them.
+
+Distributed (``torchrun``): DDP with a ``DistributedSampler``, metrics all-reduced by
+``CalibrationMeter``, the loss gathers targets across ranks, only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler, Sampler
+
+from softnce.config import RUNTIME_ONLY_KEYS, ConfigError, TrainConfig
+from softnce.data import DATASETS, DataBundle, DataError
+from softnce.registry import Registry
+from softnce.targets_mixing import (
+    BatchTargetBuilder,
+    numpy_state_from_dict,
+    numpy_state_to_dict,
+)
+
+__all__ = [
+    "LOSSES",
+    "LossSpec",
+    "NonFiniteLossError",
+    "Trainer",
+    "build_loss",
+    "noise_probs",
+    "register_loss",
+    "train",
+]
+
+CHECKPOINT = "checkpoint.pt"
+METRIC_KEYS = ("top1", "top5", "ece", "mce", "ace", "nll", "brier")
+#: Test hook: the process SIGKILLs itself right after this optimiser step (and its checkpoint).
+KILL_ENV = "SOFTNCE_DEBUG_SIGKILL_AFTER_STEP"
+SAVE_LOGITS_LIMIT = 20_000_000  # N_val * C floats for save_val_logits="auto"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (the last good checkpoint is kept)."""
+
+
+# ----------------------------------------------------------------------------- losses
+@dataclasses.dataclass
+class LossSpec:
+    """A registered loss: ``build(cfg, bundle) -> nn.Module`` and what targets it takes."""
+
+    build: Callable[[TrainConfig, DataBundle], nn.Module]
+    targets: str  # "hard": (N,) int64 labels; "soft": dense / SoftTargets
+    uses_negatives: bool = False
+    __doc__: str | None = None
+
+    def __call__(self, cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
+        return self.build(cfg, bundle)
+
+
+LOSSES: Registry[LossSpec] = Registry("loss")
+
+
+def register_loss(
+    name: str, targets: str = "soft", uses_negatives: bool = False, help: str = ""
+) -> Callable[[Callable], Callable]:
+    """Decorator registering ``build(cfg, bundle) -> nn.Module`` as loss ``name``.
+
+    ``targets="hard"``: the module gets (N,) int64 labels; ``"soft"``: dense (N, C) or
+    ``SoftTargets``. ``uses_negatives``: the loss honours ``cfg.negatives``.
+    """
+    if targets not in ("hard", "soft"):
+        raise ValueError(f"targets must be 'hard' or 'soft'; found {targets!r}")
+
+    def deco(fn: Callable) -> Callable:
+        LOSSES.register(name, help=help or (fn.__doc__ or "").strip().split("\n")[0])(
+            LossSpec(fn, targets, uses_negatives, fn.__doc__)
+        )
+        return fn
+
+    return deco
+
+
+def noise_probs(cfg: TrainConfig, bundle: DataBundle) -> torch.Tensor | None:
+    """The InfoNCE noise distribution: ``class_prior(train labels)`` or ``None`` (uniform)."""
+    if cfg.noise == "uniform":
+        return None
+    from softnce import class_prior
+
+    return class_prior(bundle.train_labels, bundle.num_classes)
+
+
+def _infonce_kwargs(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
+    return dict(noise_probs=noise_probs(cfg, bundle), temperature=cfg.temperature,
+                negatives=cfg.negatives, queue_size=cfg.queue_size,
+                num_negatives=cfg.num_negatives, gather_distributed=cfg.gather_distributed)
+
+
+@register_loss("nll", targets="hard", help="hard labels, torch.nn.CrossEntropyLoss")
+def _nll(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
+    return nn.CrossEntropyLoss()
+
+
+@register_loss("infonce", targets="hard", uses_negatives=True,
+               help="hard labels, InfoNCE with the noise distribution (prior/uniform)")
+def _infonce(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
+    from softnce import InfoNCE
+
+    return InfoNCE(**_infonce_kwargs(cfg, bundle))
+
+
+@register_loss("soft-ce", targets="soft", help="soft targets, SoftTargetCrossEntropy")
+def _soft_ce(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
+    from softnce import SoftTargetCrossEntropy
+
+    return SoftTargetCrossEntropy(temperature=cfg.temperature)
+
+
+@register_loss("soft-infonce", targets="soft", uses_negatives=True,
+               help="soft targets, SoftTargetInfoNCE with the noise distribution")
+def _soft_infonce(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
+    from softnce import SoftTargetInfoNCE
+
+    return SoftTargetInfoNCE(**_infonce_kwargs(cfg, bundle))
+
+
+def build_loss(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
+    """The loss module for ``cfg.loss`` (see :data:`LOSSES`)."""
+    return LOSSES.get(cfg.loss)(cfg, bundle)
+
+
+# ---------------------------------------------------------------------------- samplers
+class ResumableDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` (order = f(seed, epoch)) that can skip the first ``skip`` samples
+    of this rank's share, to resume in the middle of an epoch."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.skip = 0
+
+    def set_skip(self, skip: int) -> None:
+        self.skip = int(skip)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.skip)
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` (no padding: every sample evaluated exactly once)."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.n, self.rank, self.world = n, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+# ----------------------------------------------------------------------------- helpers
+def move_to(obj: Any, device: torch.device) -> Any:
+    """Move tensors (in tuples / lists / dicts) or objects with ``.to`` to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        moved = [move_to(o, device) for o in obj]
+        return type(obj)(moved) if isinstance(obj, list) else tuple(moved)
+    if isinstance(obj, dict):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if hasattr(obj, "to") and callable(obj.to):
+        return obj.to(device)
+    return obj
+
+
+def _batch_len(labels: torch.Tensor) -> int:
+    return int(labels.shape[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python / numpy / torch / CUDA RNG states as tensors and plain python."""
+    version, internal, gauss = random.getstate()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": numpy_state_to_dict(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(numpy_state_from_dict(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path.tmp``, fsync, then ``os.replace`` (never a half-written file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (``+dirty`` if modified), or None outside a git checkout."""
+    root = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    import importlib.metadata as md
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("softnce", "torch", "timm", "numpy", "scikit-learn", "torchvision",
+                 "torch-geometric", "mnist1d"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Linear warm-up then cosine decay to ``min_lr`` (see the module docstring)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = min(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(1, total - warm)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def truth_metrics(logits: torch.Tensor, true_probs: torch.Tensor, temperature: float) -> dict:
+    r"""Calibration against a known ``p*(y|x)``: ``kl_to_truth`` = mean KL(p* || p),
+    ``ece_to_truth`` = mean ``|max_c p_c - p*(argmax p)|``, ``bayes_top1`` = mean ``max_c p*_c``
+    (the accuracy of the Bayes classifier)."""
+    logp = F.log_softmax(logits.double() / temperature, dim=1)
+    pt = true_probs.double()
+    kl = (pt * (pt.clamp_min(1e-300).log() - logp)).sum(1)
+    conf, pred = logp.exp().max(1)
+    return {
+        "kl_to_truth": float(kl.mean()),
+        "ece_to_truth": float((conf - pt.gather(1, pred[:, None]).squeeze(1)).abs().mean()),
+        "bayes_top1": float(pt.max(1).values.mean()),
+    }
+
+
+class _ForwardLoss(nn.Module):
+    """``model_input, targets -> loss`` as one module, so DDP sees the whole computation (the
+    model's ``compute_loss`` hook included). The criterion is not a submodule (its buffers, e.g.
+    the queue, must not be broadcast by DDP)."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.__dict__["criterion"] = criterion
+
+    def forward(self, x: Any, targets: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
+        hook = getattr(self.model, "compute_loss", None)
+        if hook is not None:
+            kw = {"mask": mask} if mask is not None else {}
+            return hook(x, targets, self.criterion, **kw)
+        logits = self.model(x)
+        if mask is not None:
+            logits = logits[mask]
+        return self.criterion(logits, targets)
+
+
+# ------------------------------------------------------------------------------ trainer
+class Trainer:
+    """One run; :meth:`run` returns the summary dict (also written to ``summary.json``)."""
+
+    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg.validate()
+        self._external_log = log
+        self.out = cfg.resolved_output_dir
+        self.rank, self.world, self._owns_pg = 0, 1, False
+        self.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ setup
+    def _log(self, msg: str) -> None:
+        if self.rank != 0:
+            return
+        if self._external_log is not None:
+            self._external_log(msg)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _setup_distributed(self) -> None:
+        cfg = self.cfg
+        world_env = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.device == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            dev = cfg.device
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available")
+        if world_env > 1 and not (dist.is_available() and dist.is_initialized()):
+            backend = "nccl" if dev.startswith("cuda") else "gloo"
+            if dev.startswith("cuda"):
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend=backend)
+            self._owns_pg = True
+        if dist.is_available() and dist.is_initialized():
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if dev == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            dev = f"cuda:{local}"
+        self.device = torch.device(dev)
+
+    def _check_output_dir(self) -> str:
+        """'fresh' | 'resume' | 'done'; raises ConfigError for a different run in the dir."""
+        cfg, out = self.cfg, self.out
+        saved_cfg = out / "config.json"
+        ckpt = out / CHECKPOINT
+        has_run = saved_cfg.is_file() or ckpt.is_file()
+        if has_run:
+            try:
+                saved = json.loads(saved_cfg.read_text()) if saved_cfg.is_file() else None
+            except (OSError, json.JSONDecodeError):
+                saved = None
+            diff = _config_diff(saved, cfg.to_dict()) if saved is not None else ["config.json"]
+            if diff:
+                raise ConfigError(
+                    f"output directory {str(out)!r} already holds a different run (differing: "
+                    f"{', '.join(diff[:8])}); use another --output-dir"
+                    + ("" if cfg.resume else " or remove it")
+                )
+        if cfg.resume and ckpt.is_file():
+            return "resume"
+        if cfg.resume:
+            self._log(f"--resume: no checkpoint in {out}, starting a new run")
+        return "fresh"
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        try:
+            self.bundle = DATASETS.get(cfg.dataset)(cfg)
+        except (DataError, ConfigError):
+            raise
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise DataError(f"dataset {cfg.dataset!r}: {e}") from e
+        b = self.bundle
+        if len(b.train) == 0 or len(b.val) == 0:
+            raise DataError(f"dataset {cfg.dataset!r} has an empty train or val split")
+        self.kind = b.kind
+        name = cfg.model or b.default_model or "mlp"
+        from softnce.models import build_model
+
+        self.model_name = name
+        self.model = build_model(name, b, cfg)
+        if cfg.finetune and not getattr(self.model, "finetune_loaded", False):
+            self._load_finetune(cfg.finetune)
+        self.model.to(self.device)
+        spec = LOSSES.get(cfg.loss)
+        self.hard = spec.targets == "hard"
+        self.criterion = build_loss(cfg, b).to(self.device)
+        self.builder = BatchTargetBuilder(cfg, b.kind, b.num_classes, self.hard,
+                                          seed=cfg.seed * 1000 + 17 + self.rank)
+
+    def _load_finetune(self, path: str) -> None:
+        from softnce.checkpoints import load_state_dict_file
+
+        sd = load_state_dict_file(path)
+        own = self.model.state_dict()
+        keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+        dropped = sorted(k for k in sd if k in own and own[k].shape != sd[k].shape)
+        res = self.model.load_state_dict(keep, strict=False)
+        self._log(f"finetune: loaded {len(keep)} tensors from {path}; shape mismatch dropped: "
+                  f"{dropped[:5]}; missing: {list(res.missing_keys)[:5]}; unexpected: "
+                  f"{[k for k in sd if k not in own][:5]}")
+
+    def _loader(self, dataset: Any, batch_size: int, sampler: Sampler, drop_last: bool,
+                generator: torch.Generator) -> Any:
+        b = self.bundle
+        if b.loader_factory is not None:
+            return b.loader_factory(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                                    num_workers=self.cfg.workers, drop_last=drop_last,
+                                    generator=generator)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, collate_fn=b.collate_fn,
+            num_workers=self.cfg.workers, drop_last=drop_last, generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        self._setup_distributed()
+        threads = torch.get_num_threads()
+        if self.cfg.cpu_threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(self.cfg.cpu_threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+            if self._owns_pg and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        mode = self._check_output_dir()
+        seed_everything(cfg.seed)
+        self._build()
+        if self.world > 1:  # identical init (DDP broadcasts anyway), different streams per rank
+            seed_everything(cfg.seed + 7919 * self.rank)
+        b = self.bundle
+
+        # data
+        self.train_sampler = ResumableDistributedSampler(
+            b.train, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed,
+            drop_last=False)
+        per_rank = self.train_sampler.num_samples
+        drop_last = per_rank > cfg.batch_size or self.builder.needs_even_batch
+        self.loader_gen = torch.Generator()
+        self.loader_gen.manual_seed(cfg.seed * 1000 + 29 + self.rank)
+        self.train_loader = self._loader(b.train, cfg.batch_size, self.train_sampler, drop_last,
+                                         self.loader_gen)
+        n_micro = len(self.train_loader)
+        if n_micro == 0:
+            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split "
+                              f"per process ({per_rank} samples) with an even batch needed")
+        self.n_micro = n_micro
+        self.steps_per_epoch = math.ceil(n_micro / cfg.accum_steps)
+
+        # optimisation
+        from timm.optim import create_optimizer_v2
+
+        self.optimizer = create_optimizer_v2(self.model, opt=cfg.optimizer, lr=cfg.lr,
+                                             weight_decay=cfg.weight_decay,
+                                             layer_decay=cfg.layer_decay)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.ema = None
+        if cfg.ema is not None:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema)
+        fwd = _ForwardLoss(self.model, self.criterion)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            fwd = DDP(fwd, device_ids=ids, find_unused_parameters=bool(
+                getattr(self.model, "ddp_find_unused_parameters", False)))
+        self.fwd = fwd
+
+        # state
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.best: dict[str, Any] | None = None
+        self.complete = False
+        self.records: list[dict[str, Any]] = []
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if mode == "resume":
+            self._resume()
+        else:
+            self._start_fresh()
+        if self.complete:
+            self._log(f"run in {self.out} is already complete; nothing to do")
+            return self._summary()
+        self._train_loop()
+        return self._summary()
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.cfg.amp
+        if self.device.type != "cuda" or amp == "off":
+            if amp in ("bf16", "fp16") and self.device.type != "cuda":
+                self._log(f"amp={amp} needs CUDA; training in float32 on {self.device}")
+            return None
+        if amp == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+
+    def _start_fresh(self) -> None:
+        if self.rank != 0:
+            return
+        for name in (CHECKPOINT, "metrics.jsonl", "summary.json", "val_logits.pt"):
+            (self.out / name).unlink(missing_ok=True)
+        _atomic_write_text(self.out / "config.json",
+                           json.dumps(self.cfg.to_dict(), indent=2, default=str) + "\n")
+        info = {
+            "seed": self.cfg.seed,
+            "argv": sys.argv,
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "world_size": self.world,
+            "device": str(self.device),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            "model": self.model_name,
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "dataset": {"name": self.bundle.name, "kind": self.bundle.kind,
+                        "num_classes": self.bundle.num_classes,
+                        "n_train": len(self.bundle.train), "n_val": len(self.bundle.val),
+                        "input_shape": list(self.bundle.input_shape)},
+            "steps_per_epoch": self.steps_per_epoch,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "hostname": platform.node(),
+        }
+        _atomic_write_text(self.out / "run_info.json", json.dumps(info, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _local_state(self, epoch_start_gen: torch.Tensor) -> dict[str, Any]:
+        return {"rng": rng_state(), "builder": self.builder.state_dict(),
+                "loader_generator": epoch_start_gen}
+
+    def _save_checkpoint(self, epoch_start_gen: torch.Tensor) -> None:
+        local = self._local_state(epoch_start_gen)
+        if self.world > 1:
+            per_rank: list[Any] = [None] * self.world
+            dist.all_gather_object(per_rank, local)
+        else:
+            per_rank = [local]
+        if self.rank != 0:
+            return
+        ckpt = {
+            "format": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "criterion": self.criterion.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "best": self.best or {},
+            "complete": self.complete,
+            "world_size": self.world,
+            "per_rank": per_rank,
+            "config": json.loads(json.dumps(self.cfg.to_dict(), default=str)),
+        }
+        atomic_save(ckpt, self.out / CHECKPOINT)
+
+    def _resume(self) -> None:
+        ckpt = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=True)
+        if ckpt.get("world_size", 1) != self.world:
+            raise ConfigError(f"checkpoint in {self.out} was written with world size "
+                              f"{ckpt.get('world_size')}; now {self.world}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"] and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt["ema"]:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.criterion.load_state_dict(ckpt["criterion"])
+        self.criterion.to(self.device)
+        self.epoch = int(ckpt["epoch"])
+        self.step_in_epoch = int(ckpt["step_in_epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.loss_sum, self.loss_count = float(ckpt["loss_sum"]), int(ckpt["loss_count"])
+        self.best = ckpt["best"] or None
+        self.complete = bool(ckpt["complete"])
+        local = ckpt["per_rank"][self.rank]
+        set_rng_state(local["rng"])
+        self.builder.load_state_dict(local["builder"])
+        self.loader_gen.set_state(local["loader_generator"])
+        # keep only the evaluations covered by the checkpoint
+        mpath = self.out / "metrics.jsonl"
+        if mpath.is_file():
+            recs = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()]
+            self.records = [r for r in recs if r["step"] <= self.global_step]
+            if self.rank == 0:
+                _atomic_write_text(mpath, "".join(json.dumps(r) + "\n" for r in self.records))
+        self._log(f"resumed {self.out} at epoch {self.epoch} step {self.global_step}")
+
+    # ------------------------------------------------------------------ training
+    def _train_loop(self) -> None:
+        cfg = self.cfg
+        kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+        writer = self._tensorboard()
+        progress = self._progress()
+        t_run = time.perf_counter()
+        stop = False
+        with progress:
+            task = progress.add_task("train", total=cfg.epochs * self.steps_per_epoch,
+                                     completed=self.global_step, info="")
+            while self.epoch < cfg.epochs and not stop:
+                self.fwd.train()
+                self.criterion.train()
+                self.train_sampler.set_epoch(self.epoch)
+                self.train_sampler.set_skip(self.step_in_epoch * cfg.accum_steps * cfg.batch_size)
+                if self.step_in_epoch == 0:
+                    self.loss_sum, self.loss_count = 0.0, 0
+                epoch_start_gen = self.loader_gen.get_state()
+                it = iter(self.train_loader)
+                t0, samples = time.perf_counter(), 0
+                while self.step_in_epoch < self.steps_per_epoch:
+                    group = min(cfg.accum_steps,
+                                self.n_micro - self.step_in_epoch * cfg.accum_steps)
+                    samples += self._optimizer_step(it, group)
+                    self.global_step += 1
+                    self.step_in_epoch += 1
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    sps = samples / max(time.perf_counter() - t0, 1e-9)
+                    progress.update(task, advance=1, info=(
+                        f"epoch {self.epoch + 1}/{cfg.epochs} loss "
+                        f"{self.loss_sum / max(self.loss_count, 1):.4f} lr {lr:.2e} "
+                        f"{sps:,.0f} samples/s"))
+                    if writer is not None:
+                        writer.add_scalar("train/loss", self._last_loss, self.global_step)
+                        writer.add_scalar("train/lr", lr, self.global_step)
+                    if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                        stop = True
+                        break
+                    if (cfg.ckpt_every_steps and self.global_step % cfg.ckpt_every_steps == 0
+                            and self.step_in_epoch < self.steps_per_epoch):
+                        self._save_checkpoint(epoch_start_gen)
+                    if (kill_after and self.global_step == kill_after
+                            and self.step_in_epoch < self.steps_per_epoch):
+                        os.kill(os.getpid(), signal.SIGKILL)
+                epoch_done = self.step_in_epoch >= self.steps_per_epoch
+                last = stop or (epoch_done and self.epoch + 1 >= cfg.epochs)
+                train_loss = self._reduced_train_loss()
+                sps = samples / max(time.perf_counter() - t0, 1e-9)
+                if epoch_done:
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+                if last or (epoch_done and self.epoch % cfg.eval_every == 0):
+                    rec = self._evaluate_and_record(train_loss, sps, time.perf_counter() - t_run)
+                    if writer is not None:
+                        for k in METRIC_KEYS:
+                            writer.add_scalar(f"val/{k}", rec[k], self.global_step)
+                if last:
+                    self.complete = True
+                gen_state = self.loader_gen.get_state() if epoch_done else epoch_start_gen
+                self._save_checkpoint(gen_state)
+                if kill_after and self.global_step == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        if writer is not None:
+            writer.close()
+
+    def _reduced_train_loss(self) -> float:
+        s = torch.tensor([self.loss_sum, float(self.loss_count)], dtype=torch.float64)
+        if self.world > 1:
+            s = s.to(self.device)
+            dist.all_reduce(s)
+            s = s.cpu()
+        return float(s[0] / max(s[1], 1.0))
+
+    def _optimizer_step(self, it: Iterator, group: int) -> int:
+        cfg = self.cfg
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(self.global_step, cfg, self.steps_per_epoch) * g.get("lr_scale", 1.0)
+        samples = 0
+        for i in range(group):
+            batch = move_to(next(it), self.device)
+            x, labels, soft, mask = self.bundle.unpack(batch)
+            if mask is not None:
+                labels = labels[mask]
+                soft = soft[mask] if soft is not None else None
+            x, targets = self.builder(x, labels, soft)
+            sync = i == group - 1 or self.world == 1
+            ctx = contextlib.nullcontext() if sync or not hasattr(self.fwd, "no_sync") \
+                else self.fwd.no_sync()
+            with ctx:
+                with self._autocast():
+                    loss = self.fwd(x, targets, mask) if mask is not None else self.fwd(x, targets)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"non-finite training loss {value} at optimiser step "
+                        f"{self.global_step + 1} (epoch {self.epoch + 1}, micro-batch {i + 1}/"
+                        f"{group}); the last good checkpoint in {self.out} was kept"
+                    )
+                self.scaler.scale(loss / group).backward()
+            self.loss_sum += value
+            self.loss_count += 1
+            self._last_loss = value
+            samples += _batch_len(labels)
+        if self.cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+        return samples
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> tuple[dict[str, float], torch.Tensor | None, torch.Tensor | None]:
+        """Metrics on the validation split (all ranks) and, if kept, the gathered logits."""
+        from softnce.calibration import CalibrationMeter
+
+        cfg, b = self.cfg, self.bundle
+        model = self.ema.module if self.ema is not None else self.model
+        was_training = model.training
+        model.eval()
+        meter = CalibrationMeter(n_bins=15, inputs="logits", temperature=cfg.temperature,
+                                 num_classes=b.num_classes, topk=(1, 5))
+        sampler = ShardSampler(len(b.val), self.rank, self.world)
+        gen = torch.Generator()
+        gen.manual_seed(0)
+        loader = self._loader(b.val, cfg.resolved_eval_batch_size, sampler, False, gen)
+        stats_hook = getattr(model, "eval_stats", None)
+        keep = stats_hook is None and (
+            cfg.save_val_logits is True
+            or (cfg.save_val_logits == "auto"
+                and len(b.val) * b.num_classes <= SAVE_LOGITS_LIMIT)
+            or b.val_true_probs is not None)
+        all_logits, all_labels, masked = [], [], False
+        for batch in loader:
+            batch = move_to(batch, self.device)
+            x, labels, _soft, mask = b.unpack(batch)
+            kw = {"mask": mask} if mask is not None else {}
+            if stats_hook is not None:
+                with self._autocast():
+                    stats = stats_hook(x, labels, cfg.temperature, **kw)
+                meter.update_stats(**stats)
+                continue
+            with self._autocast():
+                logits = model(x)
+            logits = logits.float()
+            if mask is not None:
+                logits, labels = logits[mask], labels[mask]
+                masked = True
+            meter.update(logits, labels)
+            if keep:
+                all_logits.append(logits.cpu())
+                all_labels.append(labels.cpu())
+        metrics = meter.compute()
+        model.train(was_training)
+        if not keep:
+            return metrics, None, None
+        logits = torch.cat(all_logits) if all_logits else torch.zeros(0, b.num_classes)
+        labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
+        if self.world > 1:
+            parts: list[Any] = [None] * self.world
+            dist.all_gather_object(parts, (logits, labels))
+            if masked:  # order of masked rows is not recoverable; concatenate by rank
+                logits = torch.cat([p[0] for p in parts])
+                labels = torch.cat([p[1] for p in parts])
+            else:
+                n = sum(len(p[1]) for p in parts)
+                logits = torch.zeros(n, b.num_classes)
+                labels = torch.zeros(n, dtype=torch.long)
+                for r, (lg, lb) in enumerate(parts):
+                    logits[r::self.world] = lg
+                    labels[r::self.world] = lb
+        if b.val_true_probs is not None and not masked and len(logits) == len(b.val_true_probs):
+            metrics.update(truth_metrics(logits, b.val_true_probs, cfg.temperature))
+        return metrics, logits, labels
+
+    def _evaluate_and_record(self, train_loss: float, sps: float, elapsed: float) -> dict:
+        metrics, logits, labels = self.evaluate()
+        epoch = self.epoch if self.step_in_epoch == 0 else \
+            self.epoch + self.step_in_epoch / self.steps_per_epoch
+        rec: dict[str, Any] = {"epoch": epoch, "step": self.global_step,
+                               "train_loss": train_loss,
+                               "lr": self.optimizer.param_groups[0]["lr"]}
+        rec.update({k: (float(v) if isinstance(v, (int, float)) else v)
+                    for k, v in metrics.items()})
+        rec["samples_per_s"] = sps
+        rec["time_s"] = elapsed
+        self.records.append(rec)
+        if self.best is None or (rec["top1"], -rec["nll"]) > (self.best["top1"],
+                                                             -self.best["nll"]):
+            self.best = dict(rec)
+        if self.rank == 0:
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            save_logits = logits is not None and (
+                self.cfg.save_val_logits is True
+                or (self.cfg.save_val_logits == "auto"
+                    and logits.numel() <= SAVE_LOGITS_LIMIT))
+            if save_logits:
+                atomic_save({"logits": logits.float(), "labels": labels.long(),
+                             "epoch": epoch, "temperature": self.cfg.temperature},
+                            self.out / "val_logits.pt")
+            line = (f"epoch {_fmt_epoch(epoch)}/{self.cfg.epochs} step {self.global_step} "
+                    f"loss {train_loss:.4f} top1 {rec['top1']:.4f} nll {rec['nll']:.4f} "
+                    f"ece {rec['ece']:.4f} brier {rec['brier']:.4f}")
+            self._log(line)
+        return rec
+
+    # ------------------------------------------------------------------ output
+    def _summary(self) -> dict[str, Any]:
+        if not self.records:
+            mpath = self.out / "metrics.jsonl"
+            if mpath.is_file():
+                self.records = [json.loads(line) for line in mpath.read_text().splitlines()
+                                if line.strip()]
+        final = self.records[-1] if self.records else {}
+        best = self.best or (max(self.records, key=lambda r: (r["top1"], -r["nll"]))
+                             if self.records else {})
+        summary = {
+            "final": final,
+            "best": best,
+            "best_epoch": best.get("epoch"),
+            "epochs": self.cfg.epochs,
+            "steps": self.global_step,
+            "complete": self.complete,
+            "loss": self.cfg.loss,
+            "dataset": self.cfg.dataset,
+            "model": self.model_name,
+            "seed": self.cfg.seed,
+            "temperature": self.cfg.temperature,
+            "world_size": self.world,
+            "output_dir": str(self.out),
+        }
+        if self.rank == 0:
+            _atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _progress(self) -> Any:
+        if self.cfg.quiet or self.rank != 0:
+            return _NullProgress()
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        console = Console(stderr=True)
+        if self._external_log is None:
+            self._external_log = lambda m: console.print(m, markup=False, highlight=False)
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+    def _tensorboard(self) -> Any:
+        if not self.cfg.tensorboard or self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            return SummaryWriter(log_dir=str(self.out / "tensorboard"))
+        except Exception:  # not installed or broken: TensorBoard is optional, stay silent
+            return None
+
+
+class _NullProgress:
+    def __enter__(self) -> _NullProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def add_task(self, *a: Any, **k: Any) -> int:
+        return 0
+
+    def update(self, *a: Any, **k: Any) -> None:
+        return None
+
+
+def _fmt_epoch(epoch: float) -> str:
+    return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.2f}"
+
+
+def _config_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    now_plain = json.loads(json.dumps(now, default=str))
+    keys = (set(saved) | set(now_plain)) - RUNTIME_ONLY_KEYS
+    return sorted(k for k in keys if saved.get(k) != now_plain.get(k))
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one training job; returns the summary (also in ``<output_dir>/summary.json``)."""
+    return Trainer(cfg, log=log).run()
