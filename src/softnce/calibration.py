@@ -652,7 +652,9 @@ def plot_reliability_diagram(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
+    over, under = "#c44e52", "#55a8c4"  # gap colours: over- / under-confident bins
     _check_n_bins(n_bins)
     if path is not None:
         path = Path(path)
@@ -693,7 +695,7 @@ def plot_reliability_diagram(
             label="accuracy",
         )
         gap = conf[nonempty] - acc[nonempty]
-        colors = ["#c44e52" if g > 0 else "#55a8c4" for g in gap]
+        colors = [over if g > 0 else under for g in gap]
         ax.bar(
             centers[nonempty],
             gap,
@@ -701,17 +703,26 @@ def plot_reliability_diagram(
             width=width[nonempty],
             color=colors,
             alpha=0.45,
-            edgecolor="#c44e52",
+            edgecolor=colors,
             hatch="//",
             lw=0.6,
-            label=f"gap (ECE = {100 * curve.ece:.2f}%)",
         )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
         ax.set_title(f"{name}  (N = {curve.n})", fontsize=10)
         ax.set_ylabel("accuracy")
-        ax.legend(loc="upper left", fontsize=8, frameon=False)
+        handles, _ = ax.get_legend_handles_labels()
+        handles.append(
+            Patch(
+                facecolor=over,
+                edgecolor=over,
+                alpha=0.45,
+                hatch="//",
+                label=f"gap (ECE = {100 * curve.ece:.2f}%)",
+            )
+        )
+        ax.legend(handles=handles, loc="upper left", fontsize=8, frameon=False)
         if show_histogram:
             ax.tick_params(labelbottom=False)
             hx = fig.add_subplot(gs[1, col], sharex=ax)
