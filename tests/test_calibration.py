@@ -395,6 +395,27 @@ def test_meter_without_confidences_and_empty_meter():
     assert meter.compute()["n"] == 0
 
 
+def test_inputs_requiring_grad(recwarn):
+    logits, labels = _random_problem(100, 4, seed=17)
+    logits.requires_grad_(True)
+    meter = CalibrationMeter(inputs="logits")
+    meter.update(logits, labels)
+    meter.update_stats(
+        *(torch.full((3,), 0.5, requires_grad=True) for _ in range(4)),
+        {1: torch.ones(3), 5: torch.ones(3)},
+    )
+    res = meter.compute()
+    probs = logits.softmax(1)
+    assert float(expected_calibration_error(probs, labels)) >= 0
+    assert float(classwise_calibration_error(probs, labels)) >= 0
+    assert float(adaptive_calibration_error(probs, labels)) >= 0
+    assert res["n"] == 103
+    assert not [w for w in recwarn if "requires_grad" in str(w.message)]
+    # Brier and NLL stay differentiable (usable as losses)
+    (brier_score(probs, labels) + negative_log_likelihood(probs, labels)).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_meter_on_cuda_matches_cpu():
     logits, labels = _random_problem(2000, 12, seed=11, dtype=torch.float32)

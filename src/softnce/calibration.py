@@ -293,6 +293,7 @@ def _bin_sums(conf: Tensor, acc: Tensor, n_bins: int) -> Tensor:
     out = torch.zeros(3, n_bins, dtype=torch.float64, device=conf.device)
     if conf.numel() == 0:
         return out
+    conf, acc = conf.detach(), acc.detach()
     idx = _bin_index(conf, n_bins)
     out[0].index_add_(0, idx, torch.ones_like(conf, dtype=torch.float64))
     out[1].index_add_(0, idx, conf.to(torch.float64))
@@ -303,6 +304,7 @@ def _bin_sums(conf: Tensor, acc: Tensor, n_bins: int) -> Tensor:
 def _classwise_sums(probs: Tensor, targets: Tensor, soft: bool, n_bins: int) -> Tensor:
     """``(3, C, n_bins)`` float64: per class and bin of ``p_c``: count, sum p_c, sum y_c."""
     n, c = probs.shape
+    probs, targets = probs.detach(), targets.detach()
     out = torch.zeros(3, c * n_bins, dtype=torch.float64, device=probs.device)
     if n == 0:
         return out.view(3, c, n_bins)
@@ -355,6 +357,7 @@ def _ace(conf: Tensor, acc: Tensor, n_bins: int) -> Tensor:
     n = conf.numel()
     if n == 0:
         return torch.full((), math.nan, dtype=torch.float64, device=conf.device)
+    conf, acc = conf.detach(), acc.detach()
     order = torch.argsort(acc, stable=True)
     order = order[torch.argsort(conf[order], stable=True)]
     cs = conf[order].to(torch.float64)
@@ -880,10 +883,14 @@ class CalibrationMeter:
     def update(self, logits_or_probs: Any, targets: Any) -> None:
         """Add a batch: ``(N, C)`` logits or probabilities and labels / soft targets."""
         x = _floating(
-            _to_tensor(logits_or_probs, "logits_or_probs"),
+            _to_tensor(logits_or_probs, "logits_or_probs").detach(),
             "logits_or_probs",
             "logits or probabilities",
         )
+        if not isinstance(targets, Tensor) and hasattr(targets, "to_dense"):
+            targets = targets.to_dense(dtype=x.dtype)
+        if isinstance(targets, Tensor):
+            targets = targets.detach()
         _check_2d(x, "logits_or_probs", "logits or probabilities")
         n, c = x.shape
         self._check_classes(c, "logits_or_probs")
@@ -964,7 +971,7 @@ class CalibrationMeter:
         conv: dict[str, Tensor] = {}
         n = None
         for name, v in tensors.items():
-            v = _to_tensor(v, name)
+            v = _to_tensor(v, name).detach()
             if v.ndim != 1:
                 raise ValueError(f"{name} must have shape (N,), got {tuple(v.shape)}")
             if n is None:
@@ -984,7 +991,7 @@ class CalibrationMeter:
                 raise ValueError(f"{name} is on {v.device} but confidences is on {dev}")
         acc = conv["accuracies"].to(conf.dtype)
         if predictions is not None:
-            predictions = _to_tensor(predictions, "predictions")
+            predictions = _to_tensor(predictions, "predictions").detach()
             if predictions.shape != (n,):
                 raise ValueError(
                     f"predictions must have shape ({n},), got {tuple(predictions.shape)}"
