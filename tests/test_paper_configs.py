@@ -164,3 +164,20 @@ def test_two_training_steps_through_the_harness(path, data_root, tmp_path):
     assert torch.allclose(weights["pos_embed"], expected, atol=1e-3)
     logits = torch.load(out / "val_logits.pt", weights_only=True)["logits"]
     assert logits.shape == (4, 100 if ds == "cifar100" else 4)
+
+
+def test_compare_presets_equal_the_yaml_files():
+    import dataclasses
+
+    import softnce.data  # noqa: F401  (importing the data modules registers their presets)
+    from softnce.compare import resolve_runs
+
+    for path in CONFIGS:
+        ds, loss = _split(path)
+        [(name, seed, cfg)] = resolve_runs(ds, losses=[loss], seeds=[0], output_dir="unused")
+        from_preset = dataclasses.asdict(cfg)
+        from_yaml = dataclasses.asdict(load_config(path))
+        for d in (from_preset, from_yaml):
+            d.pop("output_dir")
+        assert (name, seed) == (loss, 0)
+        assert from_preset == from_yaml, path.name

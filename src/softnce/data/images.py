@@ -709,3 +709,57 @@ def build_cifar100(cfg: Any) -> DataBundle:
 def build_imagefolder(cfg: Any) -> DataBundle:
     """Any ``train/<class>`` + ``val/<class>`` folder tree from ``--data-path``."""
     return _bundle("imagefolder", load_imagefolder(_require_path(cfg, "imagefolder")), cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# `softnce compare` presets: the paper's recipe (the same values as configs/paper/*.yaml)
+
+#: blr of the soft-target InfoNCE runs from the paper's code release; the baselines use MAE's
+#: ViT-B fine-tuning blr 5e-4. lr = blr * effective batch / 256 with 8 GPUs x 128 = 1024.
+PAPER_SOFT_INFONCE_BLR: dict[str, float] = {
+    "imagenet": 5.5e-4, "tiny-imagenet": 2.5e-4, "cifar100": 5.5e-4,
+}
+PAPER_BASELINE_BLR = 5e-4
+PAPER_EFFECTIVE_BATCH = 8 * 128
+
+
+def paper_recipe(dataset: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``(base, losses)`` TrainConfig keys of the paper's ViT-B/16 recipe for ``dataset``."""
+    if dataset not in PAPER_SOFT_INFONCE_BLR:
+        raise ValueError(
+            f"dataset: expected one of {sorted(PAPER_SOFT_INFONCE_BLR)}, found {dataset!r}"
+        )
+    scale = PAPER_EFFECTIVE_BATCH / 256
+    base: dict[str, Any] = {
+        "model": "vit_base_patch16_224", "head": "mlp", "model_options": {"head_hidden_dim": 4096},
+        "input_size": 224, "drop_path": 0.1, "epochs": 100, "warmup_epochs": 5,
+        "batch_size": 128, "lr": PAPER_BASELINE_BLR * scale, "min_lr": 1e-6,
+        "optimizer": "adamw", "weight_decay": 0.05, "layer_decay": 0.65, "temperature": 1.0,
+        "noise": "prior", "negatives": "batch", "mix_prob": 0.8, "switch_prob": 0.5,
+        "mix_mode": "batch", "workers": 10,
+        "augment": {"aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "remode": "pixel",
+                    "recount": 1, "interpolation": "bicubic", "crop_pct": None},
+    }
+    hard = {"smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0}
+    soft = {"smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0}
+    losses = {
+        "nll": {"loss": "nll", **hard},
+        "infonce": {"loss": "infonce", **hard},
+        "soft-ce": {"loss": "soft-ce", **soft},
+        "soft-infonce": {"loss": "soft-infonce", **soft,
+                         "lr": PAPER_SOFT_INFONCE_BLR[dataset] * scale},
+    }
+    return base, losses
+
+
+def _register_compare_presets() -> None:
+    try:
+        from softnce.compare import register_compare_preset
+    except ImportError:  # the harness is optional for using the data sets on their own
+        return
+    for ds in PAPER_SOFT_INFONCE_BLR:
+        base, losses = paper_recipe(ds)
+        register_compare_preset(ds, base=base, losses=losses)
+
+
+_register_compare_presets()
