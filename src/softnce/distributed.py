@@ -56,33 +56,41 @@ def gather_targets(
         return targets, 0
     rank, _ = rank_and_world()
     device = targets.device
+    # last field: 1 if this rank's target values are float64. all_gather needs the same dtype on
+    # every rank, so values are gathered in float64 if any rank has float64, else in float32.
     if isinstance(targets, SoftTargets):
-        info = [len(targets), 0, targets.k, targets.num_classes]
+        info = [len(targets), 0, targets.k, targets.num_classes,
+                int(targets.dtype == torch.float64)]
     elif targets.dim() == 1:
-        info = [targets.shape[0], 2, 1, 0]
+        info = [targets.shape[0], 2, 1, 0, 0]
     else:
-        info = [targets.shape[0], 1, 0, targets.shape[1]]
+        info = [targets.shape[0], 1, 0, targets.shape[1], int(targets.dtype == torch.float64)]
     meta = _all_gather_int(info, device).cpu()
     sizes = meta[:, 0].tolist()
     offset = int(sum(sizes[:rank]))
     kinds = set(meta[:, 1].tolist())
+    dtype = torch.float64 if int(meta[:, 4].max()) else torch.float32
+    classes = sorted(set(meta[:, 3].tolist()) - {0})
+    if len(classes) > 1:
+        raise ValueError(f"gather_targets: the ranks hold targets over different numbers of "
+                         f"classes {classes}")
     if len(kinds) > 1 and 2 in kinds:
         raise ValueError(
             "gather_targets: integer labels on some ranks and soft targets on others; use the same "
             "target form on every rank"
         )
     if kinds == {2}:
-        return _gather_padded(targets, sizes), offset
+        return _gather_padded(targets.long(), sizes), offset
     if 1 in kinds:  # at least one rank is dense: gather everything dense
-        dense = targets.to_dense() if isinstance(targets, SoftTargets) else targets
+        dense = targets.to_dense(dtype) if isinstance(targets, SoftTargets) else targets.to(dtype)
         return _gather_padded(dense, sizes), offset
     k = int(meta[:, 2].max())
     st = targets.pad_to(k)
     return (
         SoftTargets(
             _gather_padded(st.indices, sizes),
-            _gather_padded(st.weights, sizes),
-            _gather_padded(st.uniform, sizes),
+            _gather_padded(st.weights.to(dtype), sizes),
+            _gather_padded(st.uniform.to(dtype), sizes),
             st.num_classes,
             validate_args=False,
         ),
