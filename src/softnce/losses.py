@@ -493,6 +493,9 @@ class SoftTargetInfoNCE(nn.Module):
         if c is None:
             raise ValueError("num_classes is needed to read a sparse queue")
         if num_classes is not None:
+            if self._num_classes is not None and num_classes != self._num_classes:
+                raise ValueError(f"the queue holds targets over {self._num_classes} classes but "
+                                 f"logits have C={num_classes}")
             c = num_classes
         return SoftTargets(self.queue_indices[:m].clone(), self.queue_weights[:m].clone(),
                            self.queue_uniform[:m].clone(), c, validate_args=False)
