@@ -51,8 +51,9 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     p.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key (VALUE parsed as YAML; dotted keys reach into "
                         "dataset_options / model_options / augment); repeatable")
-    p.add_argument("--dataset", default=S if not compare else "digits",
-                   help=f"data set: {', '.join(_registered('dataset'))}")
+    p.add_argument("--dataset", default=S,
+                   help=f"data set: {', '.join(_registered('dataset'))}"
+                   + (" (default digits)" if compare else ""))
     p.add_argument("--data-path", default=S, metavar="DIR", help="data directory or file")
     if not compare:
         p.add_argument("--loss", default=S, help=f"loss: {', '.join(_registered('loss'))} "

@@ -100,7 +100,7 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve_runs(
-    dataset: str,
+    dataset: str | None,
     losses: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     config_file: str | None = None,
@@ -110,20 +110,23 @@ def resolve_runs(
     """``[(loss_name, seed, TrainConfig)]``: defaults < preset < config file < overrides."""
     from softnce.config import ConfigError, load_yaml
 
-    preset = COMPARE_PRESETS.get(dataset, {"base": DEFAULT_COMPARE_BASE, "losses": {}})
-    loss_table = {k: dict(v) for k, v in PAPER_LOSSES.items()}
-    for k, v in preset["losses"].items():
-        loss_table[k] = _merge(loss_table.get(k, {}), v)
-    base = _merge({"dataset": dataset}, preset["base"])
+    data: dict[str, Any] = {}
     if config_file:
         data = load_yaml(config_file)
         unknown = sorted(set(data) - {"base", "losses"})
         if unknown:
             raise ConfigError(f"compare config {config_file}: unknown top-level key(s) "
                               f"{', '.join(unknown)}; valid keys: base, losses")
-        base = _merge(base, data.get("base") or {})
-        for k, v in (data.get("losses") or {}).items():
-            loss_table[k] = _merge(loss_table.get(k, {}), v or {})
+    # an explicit dataset wins over the file's, which wins over the default
+    dataset = dataset or (data.get("base") or {}).get("dataset") or "digits"
+    preset = COMPARE_PRESETS.get(dataset, {"base": DEFAULT_COMPARE_BASE, "losses": {}})
+    loss_table = {k: dict(v) for k, v in PAPER_LOSSES.items()}
+    for k, v in preset["losses"].items():
+        loss_table[k] = _merge(loss_table.get(k, {}), v)
+    base = _merge(preset["base"], data.get("base") or {})
+    base["dataset"] = dataset
+    for k, v in (data.get("losses") or {}).items():
+        loss_table[k] = _merge(loss_table.get(k, {}), v or {})
     names = list(losses) if losses else list(PAPER_LOSSES)
     missing = [n for n in names if n not in loss_table]
     if missing:
@@ -142,7 +145,7 @@ def resolve_runs(
 
 
 def compare(
-    dataset: str = "digits",
+    dataset: str | None = "digits",
     losses: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     output_dir: str | Path = DEFAULT_OUTPUT,
@@ -168,6 +171,7 @@ def compare(
     overrides = dict(overrides or {})
     overrides.update(quiet=True, resume=resume)
     runs = resolve_runs(dataset, losses, seeds, config_file, overrides, out)
+    dataset = runs[0][2].dataset
     out.mkdir(parents=True, exist_ok=True)
     settings = {"dataset": dataset, "losses": list(dict.fromkeys(r[0] for r in runs)),
                 "seeds": list(seeds), "command": command,
@@ -341,7 +345,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.quick:
             overrides.setdefault("epochs", 2)
         losses = [s.strip() for s in args.losses.split(",")] if args.losses else None
-        compare(dataset=args.dataset, losses=losses, seeds=seeds,
+        compare(dataset=getattr(args, "dataset", None), losses=losses, seeds=seeds,
                 output_dir=getattr(args, "output_dir", DEFAULT_OUTPUT),
                 config_file=args.config, overrides=overrides,
                 resume=bool(getattr(args, "resume", False)),

@@ -414,7 +414,8 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"cannot parse {path} as YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping; found {type(data).__name__}")
-    bases = data.pop("base", None)
+    # ``base:`` as a path (or list of paths) is inheritance; a mapping (compare configs) is data
+    bases = data.pop("base") if isinstance(data.get("base"), (str, list)) else None
     merged: dict[str, Any] = {}
     for b in [bases] if isinstance(bases, str) else (bases or []):
         bp = Path(b) if Path(b).is_absolute() else path.parent / b

@@ -414,20 +414,30 @@ class Trainer:
         from softnce.models import build_model
 
         self.model_name = name
-        self.model = build_model(name, b, cfg)
+        # Bad options surface here as ValueError/TypeError from the factories: usage errors.
+        try:
+            self.model = build_model(name, b, cfg)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"model {name!r}: {e}") from e
         if cfg.finetune and not getattr(self.model, "finetune_loaded", False):
             self._load_finetune(cfg.finetune)
         self.model.to(self.device)
         spec = LOSSES.get(cfg.loss)
         self.hard = spec.targets == "hard"
-        self.criterion = build_loss(cfg, b).to(self.device)
-        self.builder = BatchTargetBuilder(cfg, b.kind, b.num_classes, self.hard,
-                                          seed=cfg.seed * 1000 + 17 + self.rank)
+        try:
+            self.criterion = build_loss(cfg, b).to(self.device)
+            self.builder = BatchTargetBuilder(cfg, b.kind, b.num_classes, self.hard,
+                                              seed=cfg.seed * 1000 + 17 + self.rank)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"loss {cfg.loss!r} on dataset {cfg.dataset!r}: {e}") from e
 
     def _load_finetune(self, path: str) -> None:
         from softnce.checkpoints import load_state_dict_file
 
-        sd = load_state_dict_file(path)
+        try:
+            sd = load_state_dict_file(path)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"--finetune {path}: {e}") from e
         own = self.model.state_dict()
         keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
         dropped = sorted(k for k in sd if k in own and own[k].shape != sd[k].shape)

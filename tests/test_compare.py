@@ -1,0 +1,99 @@
+"""``softnce compare``: a short run writes a report whose files exist and parse."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from softnce.cli import main
+from softnce.compare import COMPARE_PRESETS, PAPER_LOSSES, register_compare_preset, resolve_runs
+from softnce.config import REPO_CONFIG_DIR, ConfigError
+
+
+def test_compare_quick_writes_report_files(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--epochs", "1", "--seeds", "2", "--output-dir", str(out)])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    for name in PAPER_LOSSES:
+        assert name in stdout
+    assert "top-1" in stdout and "ECE" in stdout and "±" in stdout
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "digits" and summary["seeds"] == [0, 1]
+    assert list(summary["losses"]) == list(PAPER_LOSSES)
+    for name, s in summary["losses"].items():
+        for m in ("top1", "ece", "nll", "brier"):
+            assert m in s["mean"] and m in s["std"]
+        assert len(s["runs"]) == 2 and s["n_seeds"] == 2
+        tops = [r["final"]["top1"] for r in s["runs"]]
+        assert s["mean"]["top1"] == pytest.approx(sum(tops) / 2)
+        assert s["mean"]["top1"] > 0.5, name  # one epoch already far above chance (0.1)
+    report = (out / "report.md").read_text()
+    assert report.startswith("# softnce compare: digits")
+    assert "| soft-infonce |" in report and "reliability.png" in report
+    assert "softnce compare --epochs 1 --seeds 2" in report
+    from matplotlib.image import imread
+
+    for png in ("reliability.png", "curves.png"):
+        img = imread(out / png)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 400
+
+    # the run settings follow the paper's four configurations
+    cfg = json.loads((out / "runs" / "soft-infonce" / "seed1" / "config.json").read_text())
+    assert (cfg["loss"], cfg["smoothing"], cfg["mixup"], cfg["noise"], cfg["seed"]) == \
+        ("soft-infonce", 0.1, 0.2, "prior", 1)
+    nll = json.loads((out / "runs" / "nll" / "seed0" / "config.json").read_text())
+    assert (nll["smoothing"], nll["mixup"]) == (0.0, 0.0)
+
+    # rerunning into the same directory works; a foreign non-empty directory is refused
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--quick", "--output-dir", str(foreign)])
+    assert e.value.code == 2 and "holds no compare run" in capsys.readouterr().err
+
+
+def test_compare_resume_reuses_finished_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--quick", "--losses", "nll", "--output-dir", str(out), "--quiet",
+            "--max-steps", "3"]
+    assert main(args) == 0
+    ck = out / "runs" / "nll" / "seed0" / "checkpoint.pt"
+    mtime = ck.stat().st_mtime_ns
+    assert main([*args, "--resume"]) == 0
+    assert ck.stat().st_mtime_ns == mtime  # finished run not retrained
+
+
+def test_resolve_runs_precedence_and_presets(tmp_path):
+    f = tmp_path / "cmp.yaml"
+    f.write_text("base: {epochs: 4, lr: 0.01}\nlosses:\n  soft-ce: {mixup: 0.5}\n"
+                 "  soft-ce-t2: {loss: soft-ce, temperature: 2.0, smoothing: 0.1}\n")
+    runs = resolve_runs("digits", ["soft-ce", "soft-ce-t2"], [0, 1], str(f), {"lr": 0.02},
+                        tmp_path / "o")
+    assert len(runs) == 4
+    by = {(n, s): c for n, s, c in runs}
+    assert by[("soft-ce", 0)].epochs == 4 and by[("soft-ce", 0)].lr == 0.02
+    assert by[("soft-ce", 1)].mixup == 0.5 and by[("soft-ce", 1)].smoothing == 0.1
+    assert by[("soft-ce-t2", 0)].temperature == 2.0
+    assert by[("soft-ce", 1)].output_dir.endswith("runs/soft-ce/seed1")
+    with pytest.raises(ConfigError, match="unknown compare loss"):
+        resolve_runs("digits", ["hinge"])
+    # a registered preset is used for its data set
+    saved = copy.deepcopy(COMPARE_PRESETS["synthetic"])
+    register_compare_preset("synthetic", {"epochs": 3, "batch_size": 32})
+    try:
+        (_, _, c), *_ = resolve_runs("synthetic", ["nll"], [0])
+        assert (c.epochs, c.batch_size, c.dataset) == (3, 32, "synthetic")
+    finally:
+        COMPARE_PRESETS["synthetic"] = saved
+
+
+def test_repo_compare_config_matches_builtin_digits_preset(tmp_path):
+    from_file = resolve_runs(None, None, [0], str(REPO_CONFIG_DIR / "compare-digits.yaml"),
+                             None, tmp_path)
+    builtin = resolve_runs("digits", None, [0], None, None, tmp_path)
+    assert [c.to_dict() for *_, c in from_file] == [c.to_dict() for *_, c in builtin]
