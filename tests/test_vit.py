@@ -252,3 +252,25 @@ def test_factory_loads_finetune_and_flags_it(tmp_path):
     m = MODELS.get("timm")(bundle, cfg)
     assert m.finetune_loaded is True
     assert set(m.load_report.unexpected_keys) == {"norm.weight", "norm.bias"}
+
+
+def test_registered_embedding_head_wraps_the_backbone(tmp_path):
+    from timm.optim import param_groups_layer_decay
+
+    torch.save({"model": _mae_state_dict()}, tmp_path / "mae.pth")
+    bundle = SimpleNamespace(num_classes=6, input_shape=(3, 32, 32))
+    cfg = SimpleNamespace(model=NAME, head="embedding", drop_path=0.0, input_size=32,
+                          finetune=str(tmp_path / "mae.pth"), model_options={"timm_kwargs": TINY})
+    m = MODELS.get("timm")(bundle, cfg)
+    assert m.finetune_loaded and isinstance(m.backbone.head, nn.Identity)
+    assert set(m.load_report.dropped_keys) >= {"mask_token"}
+    assert hasattr(m, "compute_loss") and hasattr(m, "eval_stats")  # the head's engine hooks
+    assert m(torch.randn(3, 3, 32, 32)).shape == (3, 6)
+    groups = param_groups_layer_decay(m, weight_decay=0.05, layer_decay=0.5,
+                                      no_weight_decay_list=m.no_weight_decay())
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert scale_of[id(m.backbone.patch_embed.proj.weight)] == pytest.approx(0.5 ** 3)
+    assert scale_of[id(m.backbone.blocks[1].mlp.fc1.weight)] == pytest.approx(0.5)
+    assert scale_of[id(m.head.weight)] == pytest.approx(1.0)
+    assert wd_of[id(m.backbone.pos_embed)] == 0.0

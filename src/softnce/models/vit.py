@@ -18,6 +18,9 @@ Heads (``head`` option):
 * ``mlp``: the paper's 3-layer head :class:`MLPHead`
   ``Linear(D,h,no bias) -> BN -> ReLU -> Linear(h,h,no bias) -> BN -> ReLU -> Linear(h,C) ->
   BN(C, affine=False)`` with ``h = head_hidden_dim`` (4096 in the paper).
+* any other head registered in :data:`softnce.models.basic.HEADS` (e.g. ``embedding``): the timm
+  model without classifier, wrapped in ``FeatureClassifier(backbone, head)`` (checkpoint weights
+  go into ``backbone``; timm's layer-decay groups are kept under the ``backbone.`` prefix).
 
 MAE checkpoints (``mae_pretrain_vit_base.pth``: ``{"model": state_dict}``) — what
 :func:`load_finetune_checkpoint` does, mirroring MAE's ``main_finetune.py``:
@@ -41,6 +44,7 @@ a ``mask_token`` key through its DINOv2 converter.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -215,6 +219,48 @@ def build_timm_classifier(
     return model
 
 
+def _prefix_pattern(pattern: str, prefix: str) -> str:
+    """Anchor a timm ``group_matcher`` regex (applied with ``re.match``) below ``prefix``."""
+    return "^" + prefix.replace(".", r"\.") + "(?:" + pattern.lstrip("^") + ")"
+
+
+@functools.cache
+def _timm_feature_classifier_cls() -> type:
+    """``FeatureClassifier`` subclass that keeps timm's layer-decay grouping and no-weight-decay
+    list under the ``backbone.`` prefix (created once, on first use, so that importing this module
+    does not require :mod:`softnce.models.basic`)."""
+    from softnce.models.basic import FeatureClassifier
+
+    class TimmFeatureClassifier(FeatureClassifier):
+        def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+            inner = self.backbone.group_matcher(coarse=coarse)
+            out: dict[str, Any] = {}
+            for key, spec in inner.items():
+                if isinstance(spec, (list, tuple)):
+                    out[key] = [(_prefix_pattern(p, "backbone."), suffix) for p, suffix in spec]
+                else:
+                    out[key] = _prefix_pattern(spec, "backbone.")
+            return out
+
+        def no_weight_decay(self) -> set[str]:
+            fn = getattr(self.backbone, "no_weight_decay", None)
+            return {f"backbone.{n}" for n in (fn() if fn else ())}
+
+    TimmFeatureClassifier.__module__ = __name__
+    TimmFeatureClassifier.__qualname__ = "TimmFeatureClassifier"
+    return TimmFeatureClassifier
+
+
+def _wrap_with_registered_head(backbone: nn.Module, head_name: str, num_classes: int,
+                               cfg: Any) -> nn.Module:
+    """``FeatureClassifier(backbone, HEADS[head_name](D, C, cfg))`` for heads other than
+    ``linear``/``mlp`` (e.g. ``embedding``)."""
+    from softnce.models.basic import build_head
+
+    head = build_head(head_name, int(backbone.num_features), num_classes, cfg)
+    return _timm_feature_classifier_cls()(backbone, head)
+
+
 # --------------------------------------------------------------------------------------------------
 # Checkpoint loading
 
@@ -378,19 +424,25 @@ def _build(model_name: str | None, bundle: Any, cfg: Any) -> nn.Module:
     shape = getattr(bundle, "input_shape", None)
     if input_size is None and shape is not None and len(shape) == 3:
         input_size = int(shape[-1])
-    head = getattr(cfg, "head", None) or "linear"
+    head = str(getattr(cfg, "head", None) or "linear")
+    own_head = head in ("linear", "mlp")
     model = build_timm_classifier(
         model_name,  # type: ignore[arg-type]
         int(bundle.num_classes),
         input_size=input_size,
         drop_path_rate=float(getattr(cfg, "drop_path", 0.0) or 0.0),
-        head=str(head),
+        head=head if own_head else "linear",
         head_hidden_dim=int(opts.get("head_hidden_dim", 4096)),
         timm_kwargs=timm_kwargs,
     )
+    if not own_head:
+        model.reset_classifier(0)  # pooled features out; the registered head maps them to C
     finetune = getattr(cfg, "finetune", None)
-    if finetune:
-        model.load_report = load_finetune_checkpoint(model, finetune)  # type: ignore[attr-defined]
+    report = load_finetune_checkpoint(model, finetune) if finetune else None
+    if not own_head:
+        model = _wrap_with_registered_head(model, head, int(bundle.num_classes), cfg)
+    if report is not None:
+        model.load_report = report  # type: ignore[attr-defined]
         model.finetune_loaded = True  # type: ignore[attr-defined]
     return model
 
