@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -225,8 +226,25 @@ class ImageSplits:
 # Folder layouts
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+def _has_image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_images(folder: Path, recursive: bool) -> list[Path]:
+    """Sorted image files under ``folder``, found with ``os.scandir`` (no per-file ``stat`` on
+    most file systems, which matters for ImageNet's 1.28 M files read by every rank)."""
+    out: list[Path] = []
+    stack = [folder]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir():
+                    if recursive and not e.name.startswith("."):
+                        stack.append(Path(e.path))
+                elif _has_image_name(e.name) and e.is_file():
+                    out.append(Path(e.path))
+    return sorted(out)
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
@@ -257,7 +275,7 @@ def _scan_split(
             )
     samples: list[tuple[Path, int]] = []
     for d in dirs:
-        files = sorted(p for p in d.rglob("*") if _is_image(p))
+        files = _list_images(d, recursive=True)
         samples.extend((p, class_to_idx[d.name]) for p in files)
     if not samples:
         raise DatasetFormatError(
@@ -310,7 +328,7 @@ def load_tiny_imagenet(root: str | Path) -> ImageSplits:
         img_dir = root / "train" / w / "images"
         if not img_dir.is_dir():
             raise _missing("tiny-imagenet", f"the folder {img_dir}", f"training images of {w}")
-        train.extend((p, class_to_idx[w]) for p in sorted(img_dir.iterdir()) if _is_image(p))
+        train.extend((p, class_to_idx[w]) for p in _list_images(img_dir, recursive=False))
     if not train:
         raise DatasetFormatError(f"tiny-imagenet: no training images under {root / 'train'}")
 
