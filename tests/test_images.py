@@ -84,6 +84,14 @@ def test_imagenet_bundle_via_registry(tmp_path):
     assert xv.shape == (3, 32, 32)
     assert b.extra["mean"] == NORMALIZATION["imagenet"][0]
     assert b.default_model == "vit_base_patch16_224"
+    names = [type(t).__name__ for t in b.train.transform.transforms]
+    assert "RandAugment" in names and b.train.transform.transforms[-1].probability == 0.25
+    cfg = _cfg(tmp_path)
+    cfg.augment = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # no aa / erasing given
+    plain = DATASETS.get("imagenet")(cfg)
+    names = [type(t).__name__ for t in plain.train.transform.transforms]
+    assert "RandAugment" not in names and "RandomErasing" not in names
+    assert plain.extra["mean"] == (0.5, 0.5, 0.5)
 
 
 def test_imagefolder_errors(tmp_path):

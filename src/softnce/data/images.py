@@ -13,22 +13,25 @@ Registered names (``softnce train --dataset NAME --data-path PATH``):
   parent. The pickles are read with a restricted unpickler (see :func:`safe_unpickle`).
 * ``imagefolder``: any ``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` tree.
 
-Nothing is ever downloaded. Missing files raise :class:`DatasetNotFoundError` (a
-``FileNotFoundError`` and a :class:`softnce.data.DataError`) naming the expected file and where the data set can be
-obtained; malformed content raises :class:`DatasetFormatError`; an image that cannot be decoded
-raises :class:`CorruptImageError` naming the file (all are ``DataError``, a ``ValueError``).
+Nothing is ever downloaded. Missing files raise :class:`DatasetNotFoundError` (both a
+``FileNotFoundError`` and a :class:`softnce.data.DataError`) naming the expected file and where
+the data set can be obtained; malformed content raises :class:`DatasetFormatError`; an image that
+cannot be decoded raises :class:`CorruptImageError` naming the file (all are ``DataError``, a
+``ValueError``, which the CLI prints as ``error: ...``).
 
 Labels are known without decoding a single image (folder names, annotation files or the pickled
 label lists), so :attr:`DataBundle.train_labels` — from which the harness computes the class prior
 used as the InfoNCE noise distribution — costs nothing.
 
-Transforms (the MAE fine-tuning recipe, built with timm's ``create_transform``): training uses
-``RandomResizedCrop`` to the input size (bicubic), horizontal flip, RandAugment
-``rand-m9-mstd0.5-inc1``, normalisation, then random erasing (probability 0.25, pixel mode, one
-box). Evaluation resizes the short side to ``input_size / crop_pct`` with ``crop_pct = 224/256``
-(i.e. 256 for a 224 input; ``crop_pct = 1`` for inputs larger than 224, as in MAE) and
-centre-crops ``input_size``. MixUp/CutMix are batch-level and applied by the harness
-(``kind == "image"``).
+Transforms are built with timm's ``create_transform`` from the config's ``augment`` options
+(``cfg.augment_options()``; the harness defaults have no RandAugment and no erasing). The paper
+configs (``configs/paper/*.yaml``) set the MAE fine-tuning recipe: ``RandomResizedCrop`` to the
+input size (bicubic), horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1``, normalisation, then
+random erasing (probability 0.25, pixel mode, one box). Evaluation resizes the short side to
+``input_size / crop_pct`` with ``crop_pct = 224/256`` (256 for a 224 input; ``crop_pct = 1``
+above 224, as in MAE) unless ``augment.crop_pct`` is set, then centre-crops ``input_size``.
+Normalisation uses :data:`NORMALIZATION` for the data set unless ``augment.mean``/``std`` are
+set. MixUp/CutMix are batch-level and applied by the harness (``kind == "image"``).
 """
 
 from __future__ import annotations
