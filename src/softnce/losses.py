@@ -32,16 +32,37 @@ Candidate sets (``negatives=`` of :class:`SoftTargetInfoNCE`):
   queue and a zero loss.
 * ``"sampled"``: own target + ``num_negatives`` one-hot labels drawn from ``q`` (uniform when
   ``noise_probs`` is None), shared by the batch and identical on all ranks.
+* ``"simplex"``: own target + ``num_negatives`` dense soft targets drawn per step from a known
+  density ``r = Dirichlet(simplex_concentration)`` on the simplex (uniform by default), shared by
+  the batch and identical on all ranks; every candidate is scored
+  ``s_ij = (z_i / tau) . y_j - log r(y_j)`` (no ``q``: ``noise_probs`` must be None).
 
-A caveat (see the toy experiment): with *soft* targets, in-batch or queued negatives come from the
-empirical distribution of soft labels, not from a density whose log we subtract, so the estimate
-of ``z / tau`` is only exact for hard labels or for negatives with a known density (pass that
-density's log through ``negative_bias``/``positive_bias`` of :func:`separated_infonce`).
+When are in-batch (or queued) soft negatives biased? Ranking NCE with candidates drawn from the
+marginal ``p(y)`` of the targets is optimal at ``s(x, y) = log p(y | x) - log p(y) + c(x)``; the
+score above can only subtract a *linear* function ``(log q) . y`` of the target. Hence:
+
+* hard labels: any function on the K vertices is linear, ``q`` = class prior matches
+  ``log p(y)``, and ``softmax(z / tau) -> p(y | x)`` (consistent);
+* label-smoothed targets ``(1 - eps) onehot + eps / C`` (K support points): the optimum is
+  ``z / tau = (log p(y | x) - log q) / (1 - eps) + log q``, so ``softmax(z / tau)`` is
+  *sharpened* (with uniform ``q``: ``p^(1 / (1 - eps))`` renormalised);
+* continuous soft labels (MixUp weights, annotator distributions, CC-distributed labels):
+  ``log p(y)`` is not linear in ``y``, the linear model cannot absorb it, and the estimate is
+  biased by an amount that does not shrink with more data (``softnce toy``: on continuous
+  categorical labels the in-batch error grows with the label sharpness while the ``"simplex"``
+  mode's error falls like ``n^-1/2``).
+
+With ``"simplex"`` negatives the optimum is ``z / tau . y = log p(y | x) - c(x)``, which the
+linear score represents exactly when the soft labels are continuous-categorical,
+``p(y | x) ~ exp(eta(x) . y)`` (Gordon-Rodriguez et al. 2020): then ``z / tau -> eta(x)``. The
+mode needs targets with a density (one-hot or smoothed targets have none); for a concentration
+other than 1 the targets must lie inside the simplex (``log y`` is used).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +80,7 @@ from softnce.distributed import broadcast_, gather_targets, is_distributed
 from softnce.targets import SoftTargets
 
 Targets = torch.Tensor | SoftTargets
-NEGATIVES = ("batch", "queue", "sampled")
+NEGATIVES = ("batch", "queue", "sampled", "simplex")
 
 __all__ = [
     "NEGATIVES",
@@ -353,13 +374,18 @@ class SoftTargetInfoNCE(nn.Module):
         noise_probs: (C,) noise distribution ``q`` (e.g. :func:`softnce.class_prior`), a buffer;
             ``None`` = uniform.
         temperature: ``tau > 0``. Predictions are ``softmax(logits / tau)``.
-        negatives: ``"batch"`` | ``"queue"`` | ``"sampled"``.
+        negatives: ``"batch"`` | ``"queue"`` | ``"sampled"`` | ``"simplex"``.
         queue_size: FIFO length for ``"queue"``.
-        num_negatives: labels drawn from ``q`` per step for ``"sampled"``.
+        num_negatives: labels drawn from ``q`` (``"sampled"``) or soft targets drawn from the
+            Dirichlet (``"simplex"``) per step.
         gather_distributed: under ``torch.distributed``, gather targets from all ranks (batch and
             queue modes) and share sampled negatives, so candidates are global.
         reduction: ``"mean"`` (over the local rows) | ``"sum"`` | ``"none"``.
         validate_args: value checks (see :func:`soft_target_infonce`).
+        simplex_concentration: symmetric Dirichlet concentration ``a > 0`` of the ``"simplex"``
+            negatives (1 = uniform); their log-density
+            ``log Gamma(C a) - C log Gamma(a) + (a - 1) sum_c log y_c`` is subtracted from every
+            candidate's score.
 
     Shapes: ``forward(logits (N, C), targets)`` with targets (N, C) float, (N,) int64 or
     ``SoftTargets``; returns a scalar (or (N,) with ``reduction="none"``).
@@ -384,6 +410,7 @@ class SoftTargetInfoNCE(nn.Module):
         gather_distributed: bool = True,
         reduction: str = "mean",
         validate_args: bool = True,
+        simplex_concentration: float = 1.0,
     ) -> None:
         super().__init__()
         self.temperature = check_temperature(temperature)
@@ -396,6 +423,14 @@ class SoftTargetInfoNCE(nn.Module):
                 raise ValueError(f"{name} must be a positive int; found {value!r}")
         self.queue_size = int(queue_size)
         self.num_negatives = int(num_negatives)
+        a = simplex_concentration
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < float("inf"):
+            raise ValueError(f"simplex_concentration must be a positive finite float; found {a!r}")
+        self.simplex_concentration = float(a)
+        if negatives == "simplex" and noise_probs is not None:
+            raise ValueError("noise_probs must be None with negatives='simplex': the noise is the "
+                             "Dirichlet(simplex_concentration) density, whose log is subtracted "
+                             "instead of (log q) . y")
         self.gather_distributed = bool(gather_distributed)
         self.validate_args = bool(validate_args)
         if noise_probs is not None:
@@ -416,8 +451,10 @@ class SoftTargetInfoNCE(nn.Module):
         s = f"temperature={self.temperature}, negatives={self.negatives!r}"
         if self.negatives == "queue":
             s += f", queue_size={self.queue_size}"
-        if self.negatives == "sampled":
+        if self.negatives in ("sampled", "simplex"):
             s += f", num_negatives={self.num_negatives}"
+        if self.negatives == "simplex":
+            s += f", simplex_concentration={self.simplex_concentration}"
         return s + f", reduction={self.reduction!r}"
 
     # ------------------------------------------------------------------- targets
@@ -453,6 +490,15 @@ class SoftTargetInfoNCE(nn.Module):
             loss = separated_infonce_rows(scorer, targets, self.queue_candidates(c), log_q)
             if self.training:
                 self._enqueue(targets)
+        elif self.negatives == "simplex":
+            neg = self.sample_simplex_negatives(c, scorer.device, scorer.dtype)
+            pos_bias = neg_bias = None  # uniform: a common constant, which cancels
+            if self.simplex_concentration != 1.0:
+                dense = targets.to_dense(scorer.dtype) if isinstance(targets, SoftTargets) \
+                    else targets.to(scorer.dtype)
+                pos_bias = -self._dirichlet_log_density(dense)
+                neg_bias = -self._dirichlet_log_density(neg)
+            loss = separated_infonce_rows(scorer, targets, neg, None, pos_bias, neg_bias)
         else:
             neg = SoftTargets.from_labels(self.sample_negatives(c, scorer.device), c,
                                           validate_args=False)
@@ -473,6 +519,26 @@ class SoftTargetInfoNCE(nn.Module):
                 broadcast_(idx, src=0)
         self.last_negatives = idx
         return idx
+
+    def sample_simplex_negatives(self, num_classes: int, device: torch.device,
+                                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Draw ``num_negatives`` soft targets (num_negatives, C) from
+        ``Dirichlet(simplex_concentration)`` (shared across ranks); kept in ``last_negatives``."""
+        with torch.no_grad():
+            conc = torch.full((num_classes,), self.simplex_concentration, dtype=dtype,
+                              device=device)
+            neg = torch.distributions.Dirichlet(conc).sample((self.num_negatives,))
+            if self.gather_distributed and is_distributed():
+                broadcast_(neg, src=0)
+        self.last_negatives = neg
+        return neg
+
+    def _dirichlet_log_density(self, y: torch.Tensor) -> torch.Tensor:
+        """``log Dir(y; a) = log Gamma(C a) - C log Gamma(a) + (a - 1) sum_c log y_c`` -> (M,)."""
+        c = y.shape[1]
+        a = self.simplex_concentration
+        log_norm = math.lgamma(c * a) - c * math.lgamma(a)
+        return log_norm + (a - 1.0) * y.clamp_min(torch.finfo(y.dtype).tiny).log().sum(dim=1)
 
     # ------------------------------------------------------------------- queue
     def queue_candidates(self, num_classes: int | None = None) -> Targets | None:
