@@ -85,7 +85,8 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
                    help="continue from the output directory's last checkpoint" if not compare
                    else "reuse finished runs and resume unfinished ones")
     p.add_argument("--quiet", action="store_true", default=S,
-                   help="no progress bar: plain log lines (for log files)")
+                   help="no progress bar: plain log lines (for log files)" if not compare
+                   else "only the final table (no line per finished run)")
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:

@@ -161,9 +161,9 @@ def compare(
     from softnce.config import ConfigError
     from softnce.engine import train
 
-    console = Console(stderr=False, quiet=quiet)
+    console = Console()
     if not console.is_terminal:  # log files / pipes: do not wrap the table at 80 columns
-        console = Console(stderr=False, quiet=quiet, width=120)
+        console = Console(width=160)
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise ConfigError(f"output directory {str(out)!r} is not empty and holds no compare "
@@ -187,9 +187,10 @@ def compare(
         t0 = time.perf_counter()
         summary = train(cfg, log=lambda m: None)
         f = summary["final"]
-        console.print(f"[{i}/{len(runs)}] {name:<13} seed {seed}: top-1 {f['top1']:.4f}  "
-                      f"ECE {f['ece']:.4f}  NLL {f['nll']:.4f}  Brier {f['brier']:.4f}  "
-                      f"({time.perf_counter() - t0:.1f} s)", highlight=False)
+        if not quiet:
+            console.print(f"[{i}/{len(runs)}] {name:<13} seed {seed}: top-1 {f['top1']:.4f}  "
+                          f"ECE {f['ece']:.4f}  NLL {f['nll']:.4f}  Brier {f['brier']:.4f}  "
+                          f"({time.perf_counter() - t0:.1f} s)", highlight=False, markup=False)
         results.setdefault(name, []).append({"seed": seed, "output_dir": str(run_dir),
                                              "final": f, "best": summary["best"]})
     wall = time.perf_counter() - t_start
@@ -222,6 +223,13 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
     title = (f"{dataset}: mean ± std over {len(seeds)} seed(s), {cfg0.epochs} epochs, "
              f"final epoch, validation split")
     print_compare_table(stats, table_metrics, title, console)
+    bayes = next(iter(stats.values()))["mean"].get("bayes_top1")
+    truth_note = ""
+    if bayes is not None:
+        truth_note = (f"Known p*(y|x): the Bayes classifier's expected top-1 is {100 * bayes:.2f}%; "
+                      f"KL(p*||p) = mean KL(p*(.|x) || p(.|x)), |conf - p*| = mean |max_c p_c - "
+                      f"p*(argmax p)|.")
+        console.print(truth_note, highlight=False)
     console.print(f"total {wall:.1f} s; report in {out}/report.md", highlight=False)
 
     # reliability diagram: validation predictions of all seeds pooled
@@ -282,6 +290,7 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
         "",
         markdown_table(stats, table_metrics),
         "",
+        *([truth_note, ""] if truth_note else []),
         "## Settings per loss",
         "",
         "| configuration | " + " | ".join(next(iter(settings.values())).keys()) + " |",
