@@ -23,7 +23,7 @@ TRAIN_FLAGS = ("dataset", "data_path", "loss", "model", "finetune", "head", "inp
                "temperature", "negatives", "noise", "output_dir", "resume", "quiet")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
