@@ -253,12 +253,16 @@ class SoftTargets:
         return out + a.sum(dim=1) * (self.uniform.to(a.dtype) / self.num_classes)
 
     def scores(self, a: torch.Tensor) -> torch.Tensor:
-        """All pairs ``S_ij = a_i . y_j``: a (N, C) -> (N, M). O(N M k + N C), no N x C x M."""
-        n, m, k = a.shape[0], len(self), self.k
+        """All pairs ``S_ij = a_i . y_j``: a (N, C) -> (N, M). O(N M k + N C), no N x C x M.
+
+        ``S = sum_r a[:, idx[:, r]] * w[:, r] + rowsum(a) u / C``: one (N, M) gather per
+        component (k is small); an einsum over an (N, M, k) gather was 2-7x slower for k = 2.
+        """
         w = self.weights.to(a.dtype)
-        gathered = a.index_select(1, self.indices.reshape(-1)).view(n, m, k)
-        out = torch.einsum("nmk,mk->nm", gathered, w)
-        return out + a.sum(dim=1, keepdim=True) * (self.uniform.to(a.dtype) / self.num_classes)
+        out = a.sum(dim=1, keepdim=True) * (self.uniform.to(a.dtype) / self.num_classes)
+        for r in range(self.k):
+            out = out + a.index_select(1, self.indices[:, r]) * w[:, r]
+        return out
 
     def dot_vector(self, v: torch.Tensor) -> torch.Tensor:
         """``(v . y_j)`` for a single vector v (C,) -> (M,)."""
