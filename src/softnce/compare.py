@@ -76,17 +76,13 @@ def register_compare_preset(dataset: str, base: Mapping[str, Any],
                                 "losses": {k: dict(v) for k, v in (losses or {}).items()}}
 
 
-# cpu_threads=1: these models are tiny, and on a loaded 2-core machine two intra-op threads
-# made an MLP step ~20x slower (measured 160 vs 7 ms/step); it is ignored on CUDA.
 register_compare_preset("digits", {"epochs": 30, "batch_size": 64, "lr": 2e-3,
-                                   "weight_decay": 0.05, "warmup_epochs": 1.0, "model": "mlp",
-                                   "cpu_threads": 1})
+                                   "weight_decay": 0.05, "warmup_epochs": 1.0, "model": "mlp"})
 register_compare_preset("mnist1d", {"epochs": 30, "batch_size": 128, "lr": 3e-3,
-                                    "weight_decay": 0.05, "warmup_epochs": 1.0, "model": "cnn",
-                                    "cpu_threads": 1})
+                                    "weight_decay": 0.05, "warmup_epochs": 1.0, "model": "cnn"})
 register_compare_preset("synthetic", {"epochs": 20, "batch_size": 128, "lr": 2e-3,
                                       "weight_decay": 0.01, "warmup_epochs": 1.0,
-                                      "model": "mlp", "cpu_threads": 1})
+                                      "model": "mlp"})
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(a))

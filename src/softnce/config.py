@@ -115,7 +115,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 0
-    cpu_threads: int | None = None  # torch.set_num_threads for the run on CPU (None: leave)
+    # torch.set_num_threads on CPU: "auto" = 1 for models under 1M parameters, else torch's
+    # setting; an int sets it; null leaves torch's setting.
+    cpu_threads: Any = "auto"
     output_dir: str | None = None
     resume: bool = False
     quiet: bool = False
@@ -291,7 +293,13 @@ def _check_ranges(c: TrainConfig) -> None:
     need(c.queue_size >= 1, "queue_size", ">= 1")
     need(c.num_negatives >= 1, "num_negatives", ">= 1")
     need(c.workers >= 0, "workers", ">= 0")
-    need(c.cpu_threads is None or c.cpu_threads >= 1, "cpu_threads", ">= 1 (or null)")
+    if isinstance(c.cpu_threads, str) and re.fullmatch(r"\d+", c.cpu_threads):
+        c.cpu_threads = int(c.cpu_threads)
+    if not (c.cpu_threads is None or c.cpu_threads == "auto" or (
+            isinstance(c.cpu_threads, int) and not isinstance(c.cpu_threads, bool)
+            and c.cpu_threads >= 1)):
+        raise ConfigError(f"cpu_threads must be auto, an integer >= 1 or null; found "
+                          f"{c.cpu_threads!r}")
     need(c.eval_every >= 1, "eval_every", ">= 1")
     need(c.ckpt_every_steps >= 0, "ckpt_every_steps", ">= 0 (0: epoch ends only)")
     need(c.num_classes is None or c.num_classes >= 2, "num_classes", ">= 2 (or null)")

@@ -463,8 +463,6 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self._setup_distributed()
         threads = torch.get_num_threads()
-        if self.cfg.cpu_threads is not None and self.device.type == "cpu":
-            torch.set_num_threads(self.cfg.cpu_threads)
         try:
             return self._run()
         finally:
@@ -477,6 +475,7 @@ class Trainer:
         mode = self._check_output_dir()
         seed_everything(cfg.seed)
         self._build()
+        self._set_threads()
         if self.world > 1:  # identical init (DDP broadcasts anyway), different streams per rank
             seed_everything(cfg.seed + 7919 * self.rank)
         b = self.bundle
@@ -537,6 +536,19 @@ class Trainer:
             return self._summary()
         self._train_loop()
         return self._summary()
+
+    def _set_threads(self) -> None:
+        """Intra-op threads on CPU (restored when the run ends). Tiny models are fastest on
+        one thread; on a loaded 2-core machine two threads made a 200k-parameter MLP step
+        ~20x slower (measured 160 vs 7 ms)."""
+        n = self.cfg.cpu_threads
+        if self.device.type != "cpu" or n is None:
+            return
+        if n == "auto":
+            if sum(p.numel() for p in self.model.parameters()) >= 1_000_000:
+                return
+            n = 1
+        torch.set_num_threads(int(n))
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.cfg.amp
