@@ -6,6 +6,8 @@ from __future__ import annotations
 import doctest
 import io
 import math
+import pathlib
+import re
 import zlib
 
 import pytest
@@ -884,3 +886,16 @@ def test_public_api_exported():
     for name in ("soft_target_infonce", "SoftTargetInfoNCE", "InfoNCE", "SoftTargetCrossEntropy",
                  "class_prior", "SoftTargets"):
         assert name in softnce.__all__ and hasattr(softnce, name)
+
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "sections" / "losses.md"
+
+
+@pytest.mark.skipif(not DOC.exists(), reason="docs/sections/losses.md not present")
+def test_documented_usage_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert blocks, "no python example in the losses docs"
+    namespace: dict = {}
+    exec(compile(blocks[0], str(DOC), "exec"), namespace)
+    assert torch.isfinite(namespace["loss"])
+    torch.testing.assert_close(namespace["probs"].sum(dim=1), torch.ones(32))
