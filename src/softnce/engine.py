@@ -86,7 +86,7 @@ class LossSpec:
     build: Callable[[TrainConfig, DataBundle], nn.Module]
     targets: str  # "hard": (N,) int64 labels; "soft": dense / SoftTargets
     uses_negatives: bool = False
-    __doc__: str | None = None
+    doc: str | None = None
 
     def __call__(self, cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
         return self.build(cfg, bundle)
