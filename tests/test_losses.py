@@ -411,6 +411,17 @@ def test_queue_state_dict_round_trip_continues_identically(dense_storage):
         assert int(module.queue_len) == int(fresh.queue_len)
 
 
+def test_queue_state_dict_with_other_queue_size_raises():
+    module = SoftTargetInfoNCE(negatives="queue", queue_size=9)
+    module(torch.zeros(9, 4), torch.arange(9) % 4)
+    other = SoftTargetInfoNCE(negatives="queue", queue_size=5)
+    with pytest.raises(ValueError, match=r"queue_indices holds a queue of 9 slots but this "
+                                         r"module has queue_size=5"):
+        other.load_state_dict(module.state_dict())
+    fresh = SoftTargetInfoNCE(negatives="queue", queue_size=5)  # an empty queue loads anywhere
+    fresh.load_state_dict(SoftTargetInfoNCE(negatives="queue", queue_size=9).state_dict())
+
+
 def test_queue_reset():
     module = SoftTargetInfoNCE(negatives="queue", queue_size=4)
     module(torch.randn(3, 4), torch.tensor([0, 1, 2]))

@@ -626,6 +626,11 @@ class SoftTargetInfoNCE(nn.Module):
             if key in state_dict:
                 saved = state_dict[key]
                 cur = getattr(self, name)
+                if saved.dim() and saved.shape[0] not in (0, self.queue_size):
+                    raise ValueError(
+                        f"{key} holds a queue of {saved.shape[0]} slots but this module has "
+                        f"queue_size={self.queue_size}; create it with the saved queue_size"
+                    )
                 if saved.shape != cur.shape:
                     setattr(self, name, torch.zeros(saved.shape, dtype=cur.dtype,
                                                     device=cur.device))
