@@ -910,3 +910,11 @@ def test_documented_usage_example_runs():
     exec(compile(blocks[0], str(DOC), "exec"), namespace)
     assert torch.isfinite(namespace["loss"])
     torch.testing.assert_close(namespace["probs"].sum(dim=1), torch.ones(32))
+
+
+def test_separated_infonce_bias_must_be_tensor():
+    z = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="positive_bias must be a torch.Tensor"):
+        separated_infonce(z, torch.tensor([0, 1]), torch.tensor([2]), positive_bias=[0.0, 0.0])
+    with pytest.raises(TypeError, match="negative_bias must be a torch.Tensor"):
+        separated_infonce(z, torch.tensor([0, 1]), torch.tensor([2]), negative_bias=1.0)

@@ -212,3 +212,13 @@ def test_validate_args_false_skips_value_checks():
         st.validate()
     with pytest.raises(ValueError, match=r"indices must have shape"):  # shapes still checked
         SoftTargets(I2[0], W2, U1, 3, validate_args=False)
+
+
+def test_integer_index_out_of_range_raises():
+    t = SoftTargets.from_labels(torch.tensor([0, 1, 2]), 3)
+    assert torch.equal(t[-1].indices, torch.tensor([[2]]))
+    assert torch.equal(t[1].indices, torch.tensor([[1]]))
+    with pytest.raises(IndexError, match="out of range"):
+        t[3]
+    with pytest.raises(IndexError, match="out of range"):
+        t[-4]

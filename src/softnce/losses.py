@@ -324,6 +324,9 @@ def separated_infonce(
     tgt = prepare_targets(targets, c, n, validate_args)
     neg = None if negatives is None else prepare_targets(negatives, c, None, validate_args,
                                                          name="negatives")
+    for bname, bias in (("positive_bias", positive_bias), ("negative_bias", negative_bias)):
+        if bias is not None and not isinstance(bias, torch.Tensor):
+            raise TypeError(f"{bname} must be a torch.Tensor or None; found {type(bias).__name__}")
     if positive_bias is not None and tuple(positive_bias.shape) != (n,):
         raise ValueError(f"positive_bias must have shape ({n},); found {tuple(positive_bias.shape)}")
     if negative_bias is not None:

@@ -206,7 +206,10 @@ class SoftTargets:
 
     def __getitem__(self, idx: int | slice | torch.Tensor) -> SoftTargets:
         if isinstance(idx, int):
-            idx = slice(idx, idx + 1 if idx != -1 else None)
+            m = len(self)
+            if not -m <= idx < m:
+                raise IndexError(f"SoftTargets index {idx} is out of range for {m} rows")
+            idx = slice(idx % m, idx % m + 1)
         return SoftTargets(self.indices[idx], self.weights[idx], self.uniform[idx],
                            self.num_classes, validate_args=False)
 
