@@ -109,6 +109,11 @@ def test_background_edges_dropped_and_ids_remapped(one_file: Path) -> None:
     read = {tuple(sorted(p)) for p in g.cell_ids[g.edge_index].T.tolist()}
     assert read == stored
     assert g.edge_index.min() >= 0 and g.edge_index.max() < g.x.shape[0]
+    one_way, both = ctg.to_data(g, undirected=False), ctg.to_data(g)
+    e = one_way.edge_index.shape[1]
+    assert both.edge_index.shape[1] == 2 * e
+    assert torch.equal(both.edge_index[:, e:], one_way.edge_index.flip(0))
+    assert torch.equal(both.edge_attr[e:], both.edge_attr[:e])
 
 
 def test_label_mapping(one_file: Path) -> None:

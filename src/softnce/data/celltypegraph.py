@@ -151,16 +151,17 @@ EXCLUDED_CLASS = 7
 LABEL_MAP: dict[int, int] = {1: 0, 2: 1, 3: 2, 4: 3, 14: 3, 5: 4, 6: 5, 7: 6, 8: 7, 10: 8}
 #: raw id of a cell nobody annotated.
 UNANNOTATED = 0
+#: the benchmark's own names of the 9 classes (``original_name_mapping`` of ctg-benchmark).
 CLASS_NAMES = [
-    "L1 (outer integument, abaxial)",
-    "L2 (outer integument, adaxial)",
-    "L3 (inner integument, abaxial)",
-    "L4 (inner integument, adaxial; incl. L5)",
-    "nucellus",
-    "proximal chalaza",
-    "funiculus",
-    "embryo sac",
-    "anterior chalaza",
+    "L1 (ab oi / oi2)",
+    "L2 (ad oi / oi1)",
+    "L3 (ab ii / ii2)",
+    "L4 (ad ii / ii1; incl. L5)",
+    "nu",
+    "pc",
+    "fu (funiculus)",
+    "es (embryo sac)",
+    "ac",
 ]
 STAGES = ("2-III", "2-IV", "2-V", "3-I", "3-II", "3-III", "3-IV", "3-V", "3-VI")
 GRS = "label_grs_surface"
