@@ -404,3 +404,13 @@ def test_repo_configs_load() -> None:
     for m in ("gcn", "deepergcn"):
         for loss in ("nll", "infonce", "soft-ce", "soft-infonce"):
             assert (m, loss, "smoothing") in seen
+
+
+def test_softnce_celltypegraph_subcommand(tmp_path: Path) -> None:
+    from softnce.cli import main as softnce_main
+
+    assert softnce_main(["celltypegraph", "make-synthetic", str(tmp_path), "--stacks", "9"]) == 0
+    assert len(ctg.stack_list_for_root(tmp_path)) == 9
+    with pytest.raises(SystemExit) as exc:
+        softnce_main(["celltypegraph", "no-such-command"])
+    assert exc.value.code == 2

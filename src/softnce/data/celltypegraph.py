@@ -1140,11 +1140,9 @@ def _print_cv(res: dict[str, Any]) -> None:
         f"{c} {m:.3f} ± {s:.3f}" for c, (m, s) in res["over_graphs"].items()))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m softnce.data.celltypegraph make-synthetic DIR --stacks N``."""
-    ap = argparse.ArgumentParser(prog="python -m softnce.data.celltypegraph",
-                                 description="CellTypeGraph data utilities")
-    sub = ap.add_subparsers(dest="command", required=True)
+def add_cli_arguments(ap: argparse.ArgumentParser) -> None:
+    """Sub-commands ``make-synthetic`` and ``cv-summary`` (``softnce celltypegraph ...``)."""
+    sub = ap.add_subparsers(dest="ctg_command", required=True, metavar="{make-synthetic,cv-summary}")
     mk = sub.add_parser("make-synthetic", help="write a synthetic data set in the benchmark format")
     mk.add_argument("dir", help="output data path (pass it as --data-path)")
     mk.add_argument("--stacks", type=int, default=84, help="number of ovules (default 84)")
@@ -1157,8 +1155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(mean ± std over folds and over graphs)")
     cv.add_argument("runs", nargs="+", help="run directories (one per fold)")
     cv.add_argument("--json", help="also write the result to this JSON file")
-    args = ap.parse_args(argv)
-    if args.command == "cv-summary":
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run a sub-command parsed by :func:`add_cli_arguments`."""
+    if args.ctg_command == "cv-summary":
         import json
 
         res = summarize_cv(args.runs)
@@ -1171,6 +1172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                            second_annotator=not args.no_second_annotator)
     print(f"wrote {len(paths)} synthetic ovules under {Path(args.dir).joinpath(*SUBDIR)}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m softnce.data.celltypegraph make-synthetic DIR --stacks N`` (same as
+    ``softnce celltypegraph make-synthetic DIR --stacks N``)."""
+    ap = argparse.ArgumentParser(prog="python -m softnce.data.celltypegraph",
+                                 description="CellTypeGraph data utilities")
+    add_cli_arguments(ap)
+    return run_cli(ap.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

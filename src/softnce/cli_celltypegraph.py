@@ -1,0 +1,20 @@
+"""``softnce celltypegraph {make-synthetic,cv-summary}``: CellTypeGraph data utilities."""
+
+from __future__ import annotations
+
+import argparse
+
+COMMAND = "celltypegraph"
+HELP = "CellTypeGraph utilities: write a synthetic data set, summarise 5-fold runs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from softnce.data.celltypegraph import add_cli_arguments
+
+    add_cli_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from softnce.data.celltypegraph import run_cli
+
+    return run_cli(args)
