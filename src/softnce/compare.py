@@ -104,6 +104,7 @@ def resolve_runs(
     output_dir: str | Path = DEFAULT_OUTPUT,
 ) -> list[tuple[str, int, Any]]:
     """``[(loss_name, seed, TrainConfig)]``: defaults < preset < config file < overrides."""
+    import softnce.data  # noqa: F401  (data set modules register their compare presets)
     from softnce.config import ConfigError, load_yaml
 
     data: dict[str, Any] = {}
