@@ -304,20 +304,33 @@ def plot(rows: list[dict], path: str, n0: int) -> None:
             cs = [r["C"] for r in rs]
             ax_t.plot(cs, [r["ms_median"] for r in rs], dash[t], color=color, marker=marker,
                       ms=4, label=f"{p} / {t}")
-            ax_m.plot(cs, [max(r["step_mib"] or 0.0, 0.1) for r in rs], dash[t], color=color,
-                      marker=marker, ms=4)
+            at_once = [r for r in rs if not r.get("micro")]
+            ax_m.plot([r["C"] for r in at_once], [max(r["step_mib"] or 0.0, 0.1) for r in at_once],
+                      dash[t], color=color, marker=marker, ms=4)
+            for r in rs:
+                if r.get("micro"):  # accumulated: time of an N-row step, memory of a micro-batch
+                    ax_t.plot([r["C"]], [r["ms_median"]], marker="*", color=color, ms=10,
+                              ls="none")
+                    ax_m.plot([r["C"]], [r["step_mib"]], marker="*", mfc="none", color=color,
+                              ms=10, ls="none")
         small = [r for r in rows if not r.get("skipped") and r["path"] == p and r["targets"] == t
                  and r["N"] != n0]
         for r in small:
             ax_t.plot([r["C"]], [r["ms_median"]], marker=marker, mfc="none", color=color, ms=7,
                       ls="none")
+            ax_m.plot([r["C"]], [r["step_mib"]], marker=marker, mfc="none", color=color, ms=7,
+                      ls="none")
     ax_t.set(xscale="log", yscale="log", xlabel="classes C", ylabel="ms per step",
-             title=f"time per step (N={n0}; hollow: smaller N)")
-    ax_m.set(xscale="log", yscale="log", xlabel="classes C", ylabel="MiB", title="peak step memory")
+             title=f"time per step (N={n0})")
+    ax_m.set(xscale="log", yscale="log", xlabel="classes C", ylabel="MiB",
+             title="peak step memory")
+    fig.text(0.01, 0.01, f"hollow square: dense InfoNCE at a smaller N (N={n0} does not fit); "
+             f"star: cross-entropy as accumulated micro-batches (memory of one micro-batch)",
+             fontsize=6.5)
     for ax in (ax_t, ax_m):
         ax.grid(True, which="major", alpha=0.3)
     fig.legend(*ax_t.get_legend_handles_labels(), fontsize=7, loc="center right")
-    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    fig.tight_layout(rect=(0, 0.04, 0.82, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -340,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="only C = 1e3, 1e4")
     ap.add_argument("--plot", default=None, help="write the time/memory plot (PNG) here")
     ap.add_argument("--json", default=None, help="write all measurements here")
+    ap.add_argument("--report-from", default=None, metavar="JSON",
+                    help="print the report (and --plot) from a --json file of an earlier run")
     ap.add_argument("--case", nargs=4, metavar=("PATH", "TARGETS", "C", "N"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -347,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         p, t, c, n = args.case
         print(json.dumps(run_case(p, t, int(c), int(n), args.d, args.repeats,
                                   threads=args.threads or None, micro=args.micro)))
+        return 0
+    if args.report_from:
+        with open(args.report_from) as fh:
+            saved = json.load(fh)
+        print(report(saved["rows"], saved["meta"]))
+        if args.plot:
+            plot(saved["rows"], args.plot, saved["meta"]["N"])
         return 0
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     if args.quick:
