@@ -1070,6 +1070,7 @@ def summary_markdown(rows: Sequence[dict], config: ToyConfig, seconds: float | N
     ]
     agg = aggregate(rows, "grid")
     agg_kl = aggregate(rows, "grid", "kl")
+    agg_pk = aggregate(rows, "grid", "pred_kl")
     verdicts = claim_verdicts(rows)
     for dgp in config.dgps:
         names = [e for e in config.estimators_for(dgp)
@@ -1091,6 +1092,13 @@ def summary_markdown(rows: Sequence[dict], config: ToyConfig, seconds: float | N
         for e in names:
             lines.append(f"| {e} | " + " | ".join(f"{agg_kl[(dgp, e, x)][0]:.3g}"
                                                   if (dgp, e, x) in agg_kl else "-"
+                                                  for x in xs) + " |")
+        lines += ["", "Mean KL(E[target | x] || softmax(V x)) on held-out x (the prediction):", "",
+                  "| estimator | " + " | ".join(f"{xname} = {x:g}" for x in xs) + " |",
+                  "|---|" + "---|" * len(xs)]
+        for e in names:
+            lines.append(f"| {e} | " + " | ".join(f"{agg_pk[(dgp, e, x)][0]:.3g}"
+                                                  if (dgp, e, x) in agg_pk else "-"
                                                   for x in xs) + " |")
         vs = [v for v in verdicts if v["dgp"] == dgp]
         if vs:
@@ -1230,9 +1238,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(_check_positive_int("threads", args.threads))
     out: Path = args.out
-    argv = getattr(args, "_argv", None)  # set by main(); via the softnce CLI use sys.argv
-    command = ("softnce toy " + " ".join(argv)) if argv is not None \
-        else "softnce " + " ".join(sys.argv[1:])
+    command = getattr(args, "_command", None)  # set by main()
+    if command is None:  # the softnce CLI keeps its argv (starting with "toy") in args.argv
+        argv = getattr(args, "argv", None)
+        command = "softnce " + " ".join(argv if isinstance(argv, list) else sys.argv[1:])
     t0 = time.perf_counter()
     if args.replot is not None:
         try:
@@ -1277,7 +1286,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m softnce.toy [options]`` (or ``softnce toy`` via the CLI)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args._argv = argv
+    args._command = " ".join(["python -m softnce.toy", *argv])
     return run(args)
 
 
