@@ -512,7 +512,7 @@ def fit_contrastive(
     Returns ``(V (P, K, d) float64, T)``.
     """
     g = torch.Generator().manual_seed(int(seed))
-    torch.manual_seed(int(seed))  # torch._standard_gamma (Dirichlet with c != 1) has no generator
+    torch.manual_seed(int(seed))  # the Dirichlet sampler (c != 1) draws from the global generator
     x = x.float()
     p, n, d = x.shape
     k = num_classes
@@ -530,7 +530,8 @@ def fit_contrastive(
     queue = _Queue(p, settings.queue_size, t_all) if est.negatives == "queue" else None
     rows = torch.arange(p).unsqueeze(1)
     perm = torch.rand(p, n, generator=g).argsort(dim=1)
-    conc = torch.full((k,), float(settings.simplex_concentration))
+    dirichlet = torch.distributions.Dirichlet(torch.full((k,), float(
+        settings.simplex_concentration)))
     for step in range(total):
         i = step % per_epoch
         if i == 0 and step:
@@ -544,10 +545,11 @@ def fit_contrastive(
         if est.negatives == "sampled":
             neg = torch.multinomial(q, settings.num_negatives, replacement=True, generator=g)
         elif est.negatives == "simplex":
-            gam = torch._standard_gamma(conc.expand(p, settings.num_negatives, k).contiguous()) \
-                if settings.simplex_concentration != 1.0 else \
-                -torch.log1p(-torch.rand(p, settings.num_negatives, k, generator=g))
-            neg = gam / gam.sum(-1, keepdim=True)
+            if settings.simplex_concentration == 1.0:  # uniform: normalised exponentials
+                gam = -torch.log1p(-torch.rand(p, settings.num_negatives, k, generator=g))
+                neg = gam / gam.sum(-1, keepdim=True)
+            else:
+                neg = dirichlet.sample((p, settings.num_negatives))
         elif queue is not None:
             neg = queue.candidates()
         logits = torch.bmm(xb, v.transpose(1, 2))
@@ -572,16 +574,18 @@ def fit_estimator(
     soft_targets: torch.Tensor | None,
     settings: FitSettings | None = None,
     seed: int = 0,
+    num_classes: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Fit ``f(x) = V x`` with one estimator on one data set; returns ``(V (K, d) float64,
     optimiser steps)``.
 
     ``hard_labels`` (N,) int64 feed ``nll``/``infonce-*``; ``soft_targets`` (N, K) feed the soft
-    estimators (``None`` = one-hot of ``hard_labels``). ``seed`` fixes batch order and negatives.
-    See :func:`fit_many` for several data sets at once.
+    estimators (``None``: one-hot of ``hard_labels`` over ``num_classes``, by default
+    ``max(label) + 1``). ``seed`` fixes batch order and negatives. See :func:`fit_many` for
+    several data sets at once.
     """
     if soft_targets is None:
-        k = int(hard_labels.max()) + 1
+        k = int(hard_labels.max()) + 1 if num_classes is None else num_classes
         soft_targets = F.one_hot(hard_labels, k).double()
     vs, steps = fit_many(est, x.unsqueeze(0), hard_labels.unsqueeze(0),
                          soft_targets.unsqueeze(0), settings, seed)
