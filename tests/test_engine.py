@@ -85,6 +85,22 @@ def test_each_loss_beats_chance_on_digits(tmp_path, loss, extra):
         pytest.approx(final["top1"])
 
 
+@pytest.mark.parametrize("negatives", ["queue", "sampled", "simplex"])
+def test_separated_negatives_modes_train(tmp_path, negatives):
+    from softnce.engine import build_loss
+
+    cfg = cfg_for(tmp_path, loss="soft-infonce", smoothing=0.1, mixup=0.2, epochs=2, lr=2e-3,
+                  negatives=negatives, queue_size=256, num_negatives=64)
+    summary = train(cfg)
+    assert summary["final"]["top1"] > 0.8, summary["final"]
+    from softnce.data import DATASETS
+
+    crit = build_loss(cfg, DATASETS.get("digits")(cfg))
+    assert crit.negatives == negatives
+    # simplex negatives carry their own exact density correction: no class prior
+    assert (crit.noise_probs is None) == (negatives == "simplex")
+
+
 def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path):
     a = train(cfg_for(tmp_path, "a", loss="soft-infonce", smoothing=0.1, mixup=0.2,
                       max_steps=12))

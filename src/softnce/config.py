@@ -51,7 +51,7 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 NOISE_CHOICES = ("prior", "uniform")
-NEGATIVES_CHOICES = ("batch", "queue", "sampled")
+NEGATIVES_CHOICES = ("batch", "queue", "sampled", "simplex")
 MIX_MODE_CHOICES = ("batch", "pair", "elem")
 HEAD_CHOICES = ("linear", "mlp", "embedding")
 # Fields that may differ between a run and its resumption / a rerun in the same directory.
@@ -89,6 +89,7 @@ class TrainConfig:
     negatives: str = "batch"
     queue_size: int = 4096
     num_negatives: int = 1024
+    simplex_concentration: float = 1.0
     gather_distributed: bool = True
     smoothing: float = 0.0
     mixup: float = 0.0
@@ -292,6 +293,8 @@ def _check_ranges(c: TrainConfig) -> None:
     need(finite(c.temperature) and c.temperature > 0, "temperature", "a finite number > 0")
     need(c.queue_size >= 1, "queue_size", ">= 1")
     need(c.num_negatives >= 1, "num_negatives", ">= 1")
+    need(finite(c.simplex_concentration) and c.simplex_concentration > 0,
+         "simplex_concentration", "a finite number > 0")
     need(c.workers >= 0, "workers", ">= 0")
     if isinstance(c.cpu_threads, str) and re.fullmatch(r"\d+", c.cpu_threads):
         c.cpu_threads = int(c.cpu_threads)

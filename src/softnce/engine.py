@@ -125,9 +125,15 @@ def noise_probs(cfg: TrainConfig, bundle: DataBundle) -> torch.Tensor | None:
 
 
 def _infonce_kwargs(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
-    return dict(noise_probs=noise_probs(cfg, bundle), temperature=cfg.temperature,
-                negatives=cfg.negatives, queue_size=cfg.queue_size,
-                num_negatives=cfg.num_negatives, gather_distributed=cfg.gather_distributed)
+    # "simplex" negatives come from a Dirichlet density whose exact log-density is the
+    # correction, so no class noise distribution applies there.
+    simplex = cfg.negatives == "simplex"
+    kw = dict(noise_probs=None if simplex else noise_probs(cfg, bundle),
+              temperature=cfg.temperature, negatives=cfg.negatives, queue_size=cfg.queue_size,
+              num_negatives=cfg.num_negatives, gather_distributed=cfg.gather_distributed)
+    if simplex:
+        kw["simplex_concentration"] = cfg.simplex_concentration
+    return kw
 
 
 @register_loss("nll", targets="hard", help="hard labels, torch.nn.CrossEntropyLoss")
