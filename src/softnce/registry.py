@@ -45,3 +45,29 @@ class Registry(Generic[F]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def merge_options(
+    field: str,
+    owner: str,
+    given: Any,
+    defaults: dict[str, Any],
+    error: type[Exception] = ValueError,
+) -> dict[str, Any]:
+    """``defaults`` updated with ``given`` (e.g. ``cfg.dataset_options``), rejecting unknown keys.
+
+    ``field`` names the config field (``"dataset_options"``) and ``owner`` what reads it
+    (``"dataset 'digits'"``); the error lists the valid keys.
+    """
+    given = {} if given is None else given
+    if not isinstance(given, dict):
+        raise TypeError(f"{field} must be a mapping; found {type(given).__name__}")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise error(
+            f"unknown {field} {', '.join(map(repr, unknown))} for {owner}; valid keys: "
+            f"{', '.join(sorted(defaults))}"
+        )
+    out = dict(defaults)
+    out.update(given)
+    return out

@@ -140,16 +140,10 @@ class ExtremeGaussian(Dataset):
 
 
 def _options(cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]:
-    given = dict(cfg.dataset_options or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise DataError(
-            f"unknown dataset_options {', '.join(map(repr, unknown))} for dataset "
-            f"'extreme-synthetic'; valid keys: {', '.join(sorted(defaults))}"
-        )
-    out = dict(defaults)
-    out.update(given)
-    return out
+    from softnce.registry import merge_options
+
+    return merge_options("dataset_options", "dataset 'extreme-synthetic'", cfg.dataset_options,
+                         defaults, DataError)
 
 
 def _num(name: str, value: Any, lo: float, integer: bool = False, open_lo: bool = False) -> Any:

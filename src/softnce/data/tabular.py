@@ -37,16 +37,10 @@ __all__ = ["make_synthetic", "vector_bundle"]
 
 
 def _options(name: str, cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]:
-    given = dict(cfg.dataset_options or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise DataError(
-            f"unknown dataset_options {', '.join(map(repr, unknown))} for dataset {name!r}; valid "
-            f"keys: {', '.join(sorted(defaults))}"
-        )
-    out = dict(defaults)
-    out.update(given)
-    return out
+    from softnce.registry import merge_options
+
+    return merge_options("dataset_options", f"dataset {name!r}", cfg.dataset_options, defaults,
+                         DataError)
 
 
 def _num(name: str, value: Any, lo: float, hi: float | None = None, integer: bool = False) -> Any:

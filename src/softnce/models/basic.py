@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from softnce.models import MODELS
-from softnce.registry import Registry
+from softnce.registry import Registry, merge_options
 
 __all__ = ["HEADS", "FeatureClassifier", "build_head", "MLPBackbone", "CNNBackbone"]
 
@@ -28,15 +28,7 @@ HEADS: Registry[HeadFactory] = Registry("head")
 
 
 def _options(name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown model_options {', '.join(map(repr, unknown))} for model {name!r}; valid "
-            f"keys: {', '.join(sorted(defaults))}"
-        )
-    out = dict(defaults)
-    out.update(given)
-    return out
+    return merge_options("model_options", f"model {name!r}", given, defaults)
 
 
 def _int_list(name: str, value: Any) -> list[int]:
