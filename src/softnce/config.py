@@ -67,7 +67,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """One training run. See ``docs/sections/harness-api.md`` for every field."""
+    """One training run. See ``docs/harness-api.md`` for every field."""
 
     # data
     dataset: str | None = None

@@ -172,8 +172,8 @@ DATA_URL = "https://heibox.uni-heidelberg.de/f/23c79badbc9e46f59242/?dl=1"
 WHERE_TO_GET = (
     f"Get the benchmark's label_grs_surface archive ({DATA_URL}, the URL used by the "
     "ctg-benchmark package), then: mkdir -p ROOT/ovules-celltype-dataset/raw && unzip "
-    "label_grs_surface.zip -d ROOT/ovules-celltype-dataset/raw  (see docs/sections/"
-    "celltypegraph.md); or write a synthetic set with: python -m softnce.data.celltypegraph "
+    "label_grs_surface.zip -d ROOT/ovules-celltype-dataset/raw  (see the README, "
+    "section CellTypeGraph); or write a synthetic set with: python -m softnce.data.celltypegraph "
     "make-synthetic ROOT --stacks 84"
 )
 SOFT_TARGET_SOURCES = ("smoothing", "annotators")
