@@ -120,6 +120,14 @@ def test_output_dir_with_a_different_run(tmp_path, capsys):
     assert run_cli(base, capsys)[0] == 0
 
 
+def test_output_dir_that_cannot_be_created(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    rc, _, err = run_cli(["train", "--dataset", "digits", "--max-steps", "1", "--output-dir",
+                          str(blocker / "run"), *FAST], capsys)
+    assert_usage_error(rc, err, "cannot create output directory", "a-file")
+
+
 # ---------------------------------------------------------------- config precedence
 def test_config_file_is_overridden_by_set_and_flags(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"

@@ -532,7 +532,11 @@ class Trainer:
         self.complete = False
         self.records: list[dict[str, Any]] = []
         if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a file in the way, no permission, read-only file system
+                raise ConfigError(f"cannot create output directory {str(self.out)!r}: "
+                                  f"{e.strerror or e}") from e
         if mode == "resume":
             self._resume()
         else:
