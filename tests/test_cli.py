@@ -59,6 +59,20 @@ def test_tabular_without_files_is_a_clean_error(tmp_path, capsys):
     assert_usage_error(rc, err, "train.npz")
 
 
+@pytest.mark.parametrize("train_csv,needle", [
+    ("f1,f2,label\n", "has no data rows"),
+    ("1,2,0\n3,4\n", "every row must have 3 columns; data row 2 has 2"),
+])
+def test_tabular_malformed_csv_is_a_clean_error(tmp_path, capsys, train_csv, needle):
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "train.csv").write_text(train_csv)
+    (root / "val.csv").write_text("1,2,0\n")
+    rc, _, err = run_cli(["train", "--dataset", "tabular", "--data-path", str(root),
+                          "--output-dir", str(tmp_path / "o"), *FAST], capsys)
+    assert_usage_error(rc, err, "train.csv", needle)
+
+
 @pytest.mark.parametrize("flag,value,needle", [
     ("--batch-size", "0", "batch_size must be >= 1; found 0"),
     ("--lr", "-1", "lr must be a finite number >= 0; found -1.0"),

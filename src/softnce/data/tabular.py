@@ -249,8 +249,15 @@ def _read_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             names = [h.strip().lower() for h in header]
             label_col = next((names.index(n) for n in ("label", "y") if n in names),
                              len(header) - 1)
+        body = [r for r in body if r]
+        if not body:
+            raise DataError(f"{csv} has no data rows")
+        bad = next((i for i, r in enumerate(body) if len(r) != len(header)), None)
+        if bad is not None:
+            raise DataError(f"{csv}: every row must have {len(header)} columns; data row "
+                            f"{bad + 1} has {len(body[bad])}")
         try:
-            arr = np.asarray([[float(v) for v in r] for r in body if r], dtype=np.float64)
+            arr = np.asarray([[float(v) for v in r] for r in body], dtype=np.float64)
         except ValueError as e:
             raise DataError(f"{csv}: all columns must be numeric ({e})") from e
         y = arr[:, label_col]
