@@ -113,6 +113,12 @@ def test_unknown_values_and_options_fail_at_once(tmp_path, capsys):
     assert_usage_error(rc, err, "unknown model_options 'width'", "hidden")
 
 
+def test_unknown_optimizer_is_a_usage_error(tmp_path, capsys):
+    rc, _, err = run_cli(["train", "--dataset", "digits", "--set", "optimizer=adamz",
+                          "--output-dir", str(tmp_path / "o"), *FAST], capsys)
+    assert_usage_error(rc, err, "optimizer 'adamz'")
+
+
 def test_incompatible_combinations(capsys):
     rc, _, err = run_cli(["train", "--dataset", "digits", "--loss", "nll", "--set",
                           "mixup=0.2", *FAST], capsys)

@@ -506,9 +506,13 @@ class Trainer:
         # optimisation
         from timm.optim import create_optimizer_v2
 
-        self.optimizer = create_optimizer_v2(self.model, opt=cfg.optimizer, lr=cfg.lr,
-                                             weight_decay=cfg.weight_decay,
-                                             layer_decay=cfg.layer_decay)
+        try:
+            self.optimizer = create_optimizer_v2(self.model, opt=cfg.optimizer, lr=cfg.lr,
+                                                 weight_decay=cfg.weight_decay,
+                                                 layer_decay=cfg.layer_decay)
+        except ValueError as e:  # timm: "Optimizer X not found in registry"
+            raise ConfigError(f"optimizer {cfg.optimizer!r}: {e} (any timm optimizer name, "
+                              f"e.g. adamw, sgd, lamb)") from e
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ema = None
