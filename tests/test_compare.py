@@ -57,6 +57,15 @@ def test_compare_quick_writes_report_files(tmp_path, capsys):
     assert e.value.code == 2 and "holds no compare run" in capsys.readouterr().err
 
 
+def test_compare_output_dir_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--quick", "--output-dir", str(blocker)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is a file" in err and "Traceback" not in err
+
+
 def test_compare_resume_reuses_finished_runs(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--quick", "--losses", "nll", "--output-dir", str(out), "--quiet",

@@ -162,6 +162,8 @@ def compare(
     if not console.is_terminal:  # log files / pipes: do not wrap the table at 80 columns
         console = Console(width=160)
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output directory {str(out)!r} is a file; use another --output-dir")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise ConfigError(f"output directory {str(out)!r} is not empty and holds no compare "
                           f"run ({MARKER} missing); use another --output-dir")
