@@ -116,6 +116,16 @@ def test_registry_factories_read_the_harness_config():
         build_model(NAME, bundle, cfg)
 
 
+def test_timm_factory_refuses_non_image_input():
+    from softnce.models import MODELS
+
+    bundle = SimpleNamespace(name="digits", num_classes=10, input_shape=(64,))
+    cfg = SimpleNamespace(model="resnet18", head="linear", drop_path=0.0, input_size=None,
+                          finetune=None, model_options={})
+    with pytest.raises(ValueError, match=r"needs image input \(C, H, W\).*\(64,\)"):
+        MODELS.get("timm")(bundle, cfg)
+
+
 def test_layer_decay_groups_with_mlp_head():
     from timm.optim import param_groups_layer_decay
 

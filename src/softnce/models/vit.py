@@ -422,6 +422,11 @@ def _build(model_name: str | None, bundle: Any, cfg: Any) -> nn.Module:
         )
     input_size = getattr(cfg, "input_size", None)
     shape = getattr(bundle, "input_shape", None)
+    if shape is not None and len(shape) != 3:
+        raise ValueError(
+            f"timm model {model_name!r} needs image input (C, H, W); data set "
+            f"{getattr(bundle, 'name', '?')!r} has input shape {tuple(shape)} (use mlp or cnn)"
+        )
     if input_size is None and shape is not None and len(shape) == 3:
         input_size = int(shape[-1])
     head = str(getattr(cfg, "head", None) or "linear")
