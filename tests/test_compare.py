@@ -66,6 +66,14 @@ def test_compare_output_dir_that_is_a_file(tmp_path, capsys):
     assert e.value.code == 2 and "is a file" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("seeds", [",", "0,0"])
+def test_compare_seed_list_must_be_distinct_and_non_empty(tmp_path, capsys, seeds):
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--quick", "--seeds", seeds, "--output-dir", str(tmp_path / "c")])
+    assert e.value.code == 2 and "distinct seeds" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_compare_resume_reuses_finished_runs(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--quick", "--losses", "nll", "--output-dir", str(out), "--quiet",

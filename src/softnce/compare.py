@@ -314,7 +314,11 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
 def _seeds(text: str) -> list[int]:
     try:
         if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise argparse.ArgumentTypeError(f"--seeds list must hold distinct seeds; found "
+                                                 f"{text!r}")
+            return seeds
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds expects a count (3) or a list (0,1,2); found "
