@@ -250,3 +250,15 @@ def test_negatives_shared_across_two_gloo_ranks(tmp_path):
             pytest.fail("distributed workers did not finish within 120 s")
     for rank in range(2):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "ok"
+
+
+def test_non_uniform_density_needs_targets_inside_the_simplex():
+    z = torch.randn(3, 4)
+    crit = SoftTargetInfoNCE(negatives="simplex", num_negatives=8, simplex_concentration=2.0)
+    with pytest.raises(ValueError, match="strictly inside the simplex.*row 0"):
+        crit(z, torch.tensor([0, 1, 2]))  # one-hot: log r(y) = -inf on the faces
+    inside = torch.softmax(torch.randn(3, 4), dim=1)
+    assert torch.isfinite(crit(z, inside))
+    # the uniform density is constant, so one-hot targets are fine there
+    uniform = SoftTargetInfoNCE(negatives="simplex", num_negatives=8)
+    assert torch.isfinite(uniform(z, torch.tensor([0, 1, 2])))

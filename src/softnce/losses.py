@@ -499,6 +499,14 @@ class SoftTargetInfoNCE(nn.Module):
             if self.simplex_concentration != 1.0:
                 dense = targets.to_dense(scorer.dtype) if isinstance(targets, SoftTargets) \
                     else targets.to(scorer.dtype)
+                if self.validate_args and bool((dense <= 0).any()):
+                    row = int((dense <= 0).any(dim=1).nonzero()[0])
+                    raise ValueError(
+                        f"targets must lie strictly inside the simplex (all entries > 0) for "
+                        f"negatives='simplex' with simplex_concentration="
+                        f"{self.simplex_concentration}: the Dirichlet log-density is -inf or "
+                        f"+inf on the simplex's faces; found a zero entry in row {row} (use "
+                        f"simplex_concentration=1, whose density is constant)")
                 pos_bias = -self._dirichlet_log_density(dense)
                 neg_bias = -self._dirichlet_log_density(neg)
             loss = separated_infonce_rows(scorer, targets, neg, None, pos_bias, neg_bias)
