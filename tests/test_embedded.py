@@ -355,6 +355,9 @@ def test_predict_topk_matches_softmax():
     ref_p, ref_i = p.topk(4, dim=1)
     assert torch.equal(idx, ref_i)
     _assert_close(prob, ref_p, tol=1e-12)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            head.predict_topk(h, k=4, temperature=bad)
 
 
 # ----------------------------------------------------------------------------- head

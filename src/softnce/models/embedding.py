@@ -144,6 +144,9 @@ class LabelEmbeddingHead(nn.Module):
         """Top-``k`` classes and their probabilities, (N, k) each, streamed over class chunks."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int; found {k!r}")
+        from softnce._validation import check_temperature
+
+        temperature = check_temperature(temperature)
         k = min(k, self.num_classes)
         n = features.shape[0]
         chunk = self.eval_chunk_size or max(1, 2**24 // max(n, 1))
