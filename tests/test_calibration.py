@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers import free_port as _free_port
 from softnce.calibration import (
     CalibrationMeter,
     ReliabilityCurve,
@@ -461,12 +461,6 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_gloo_gives_global_numbers(tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import time
 
 import pytest
@@ -20,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from _helpers import free_port as _free_port
 from reference import ref_batch_infonce, ref_separated_infonce
 from softnce import SoftTargetInfoNCE, SoftTargets, soft_target_infonce
 from softnce.distributed import gather_targets
@@ -30,12 +30,6 @@ TAU = 0.7
 CASES = ("batch-dense", "batch-int", "batch-soft-k1-k2", "batch-dense-and-soft", "batch-mean",
          "batch-local-only", "gather-int", "gather-mixed-error", "gather-dtypes",
          "gather-classes-error", "queue", "sampled")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _split(sizes: list[int], rank: int) -> slice:

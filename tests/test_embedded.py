@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 
 import pytest
 import torch
 
+from _helpers import free_port as _free_port
 from softnce import InfoNCE, SoftTargetCrossEntropy, SoftTargetInfoNCE, SoftTargets
 from softnce import soft_target_infonce as dense_infonce
 from softnce.embedded import (
@@ -474,12 +474,6 @@ def _ddp_worker(rank: int, world: int, port: int) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_gloo_matches_single_process_full_batch():

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from _helpers import free_port as _free_port
 from softnce import SoftTargets
 from softnce.config import ConfigError, load_config
 from softnce.data import DATASETS, DataBundle
@@ -378,14 +379,6 @@ DDP_SCRIPT = textwrap.dedent("""
     with open(out + f"/rank{os.environ['RANK']}.json", "w") as f:
         json.dump({"digest": h.hexdigest(), "final": s["final"], "world": t.world}, f)
 """)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_gloo_ddp_ranks_agree(tmp_path):

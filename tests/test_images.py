@@ -28,15 +28,6 @@ from softnce.data.images import (
 PAPER_AUG = {"aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "remode": "pixel", "recount": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(data_path, input_size=32, **kw):
     return SimpleNamespace(
         data_path=str(data_path), input_size=input_size, augment=dict(PAPER_AUG),

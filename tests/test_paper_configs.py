@@ -27,15 +27,6 @@ SOFT_INFONCE_BLR = {"imagenet": 5.5e-4, "tiny-imagenet": 2.5e-4, "cifar100": 5.5
 TINY = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _split(path: Path) -> tuple[str, str]:
     ds = next(d for d in DATASETS if path.stem.startswith(d + "-"))
     return ds, path.stem[len(ds) + 1:]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import socket
 import time
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from _helpers import free_port as _free_port
 from softnce import SoftTargetInfoNCE, SoftTargets, separated_infonce
 
 C = 4
@@ -206,10 +206,6 @@ def test_recovers_continuous_categorical_parameter(mode):
 
 
 # --------------------------------------------------------------------------- distributed
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:

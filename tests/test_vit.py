@@ -22,15 +22,6 @@ NAME = "vit_tiny_patch16_224"
 D = TINY["embed_dim"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _finetune_model(input_size=32, num_classes=5, head="linear", **kw):
     return build_timm_classifier(
         NAME, num_classes, input_size=input_size, head=head, head_hidden_dim=16,
