@@ -142,6 +142,17 @@ def prepare_targets(
     return check_dense_targets(name, targets, num_classes, batch_size, validate_args)
 
 
+def _check_call(
+    logits: object, targets: object, temperature: object, reduction: object, validate_args: bool
+) -> tuple[torch.Tensor, Targets, float, str]:
+    """The checks every functional loss runs first; returns the normalised arguments."""
+    logits = check_logits(logits, validate_args)
+    n, c = logits.shape
+    tau = check_temperature(temperature)
+    reduction = check_reduction(reduction)
+    return logits, prepare_targets(targets, c, n, validate_args), tau, reduction
+
+
 def _scores(a: torch.Tensor, candidates: Targets) -> torch.Tensor:
     """``S_ij = a_i . y_j`` for all pairs: (N, C) x M candidates -> (N, M)."""
     if isinstance(candidates, SoftTargets):
@@ -277,11 +288,9 @@ def soft_target_infonce(
         >>> soft_target_infonce(z, y)          # = log(1 + exp(-1.6))
         tensor(0.1839)
     """
-    logits = check_logits(logits, validate_args)
-    n, c = logits.shape
-    tau = check_temperature(temperature)
-    reduction = check_reduction(reduction)
-    tgt = prepare_targets(targets, c, n, validate_args)
+    logits, tgt, tau, reduction = _check_call(logits, targets, temperature, reduction,
+                                              validate_args)
+    c = logits.shape[1]
     with _no_autocast(logits.device):
         a = logits.to(_compute_dtype(logits)) / tau
         log_q = _log_noise(noise_probs, c, a.dtype, a.device, validate_args)
@@ -317,11 +326,9 @@ def separated_infonce(
         >>> separated_infonce(z, torch.tensor([0, 1]), torch.tensor([2, 2]))  # = log 3
         tensor(1.0986)
     """
-    logits = check_logits(logits, validate_args)
+    logits, tgt, tau, reduction = _check_call(logits, targets, temperature, reduction,
+                                              validate_args)
     n, c = logits.shape
-    tau = check_temperature(temperature)
-    reduction = check_reduction(reduction)
-    tgt = prepare_targets(targets, c, n, validate_args)
     neg = None if negatives is None else prepare_targets(negatives, c, None, validate_args,
                                                          name="negatives")
     for bname, bias in (("positive_bias", positive_bias), ("negative_bias", negative_bias)):
@@ -355,11 +362,8 @@ def soft_target_cross_entropy(
         >>> soft_target_cross_entropy(torch.zeros(1, 4), torch.tensor([1]))  # = log 4
         tensor(1.3863)
     """
-    logits = check_logits(logits, validate_args)
-    n, c = logits.shape
-    tau = check_temperature(temperature)
-    reduction = check_reduction(reduction)
-    tgt = prepare_targets(targets, c, n, validate_args)
+    logits, tgt, tau, reduction = _check_call(logits, targets, temperature, reduction,
+                                              validate_args)
     with _no_autocast(logits.device):
         logp = F.log_softmax(logits.to(_compute_dtype(logits)) / tau, dim=1)
         loss = -_row_scores(logp, tgt)
