@@ -414,3 +414,183 @@ def test_softnce_celltypegraph_subcommand(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         softnce_main(["celltypegraph", "no-such-command"])
     assert exc.value.code == 2
+
+
+# ------------------------------------------------------------------------ the cv command
+CV_ARGS = ["--losses", "nll,soft-infonce", "--folds", "0,1", "--epochs", "1",
+           "--set", "model_options.hidden=16", "--set", "max_steps=3"]
+
+
+def _cv(data_dir: Path, out: Path, *extra: str) -> int:
+    from softnce.cli import main as softnce_main
+
+    return softnce_main(["celltypegraph", "cv", "--data-path", str(data_dir), *CV_ARGS,
+                         "--output-dir", str(out), *extra])
+
+
+def test_cv_command_end_to_end_and_resume(data_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import softnce.engine
+
+    out = tmp_path / "cv"
+    assert _cv(data_dir, out) == 0
+    printed = capsys.readouterr().out
+    assert "class-avg excl. 7" in printed and "gcn-soft-infonce" in printed
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert list(summary["losses"]) == ["gcn-nll", "gcn-soft-infonce"]
+    report = (out / "cv_report.md").read_text()
+    for name, r in summary["losses"].items():
+        dirs = [out / name / "fold0", out / name / "fold1"]
+        cfg1 = json.loads((dirs[1] / "config.json").read_text())
+        assert cfg1["dataset_options"]["fold"] == 1 and cfg1["model_options"]["hidden"] == 16
+        assert cfg1["epochs"] == 1 and cfg1["loss"] == name.removeprefix("gcn-")
+        ref = ctg.summarize_cv(dirs)  # the written numbers are summarize_cv's, unchanged
+        assert r["over_folds"] == json.loads(json.dumps(ref["over_folds"]))
+        assert [f["fold"] for f in r["folds"]] == [0, 1]
+        m, s = ref["over_folds"]["graph_class_avg"]
+        assert f"{100 * m:.2f} ± {100 * s:.2f}" in report
+    # --resume: finished folds are skipped (train is never called) ...
+    calls: list[str] = []
+    real_train = softnce.engine.train
+
+    def counting_train(cfg, log=None):  # type: ignore[no-untyped-def]
+        calls.append(cfg.output_dir)
+        return real_train(cfg, log=log)
+
+    monkeypatch.setattr(softnce.engine, "train", counting_train)
+    assert _cv(data_dir, out, "--resume") == 0
+    assert calls == [] and capsys.readouterr().out.count("finished, skipped") == 4
+    # ... and only the missing one is trained again, with the same numbers as before
+    import shutil
+
+    shutil.rmtree(out / "gcn-nll" / "fold1")
+    assert _cv(data_dir, out, "--resume") == 0
+    assert calls == [str(out / "gcn-nll" / "fold1")]
+    again = json.loads((out / "cv_summary.json").read_text())
+    assert again["losses"]["gcn-nll"]["over_folds"] == summary["losses"]["gcn-nll"]["over_folds"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data-path", "{missing}"], "is not a directory"),
+    (["--losses", "nll,no-such-loss"], "unknown loss 'no-such-loss'"),
+    (["--folds", "0,5"], "fold index 5 out of range"),
+    (["--folds", "0,x"], "--folds must be"),
+    (["--folds", "1,1"], "distinct"),
+    (["--model", "gcn", "--config", "celltypegraph/gcn"], "either --config or --model"),
+    (["--config", "celltypegraph/gcn-nll", "--losses", "nll"], "is a loss config"),
+    (["--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
+    (["--set", "dataset_options.bogus=1"], "unknown celltypegraph dataset_options"),
+])
+def test_cv_bad_input_exits_2(data_dir: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str], args: list[str],
+                              message: str) -> None:
+    from softnce.cli import main as softnce_main
+
+    argv = ["celltypegraph", "cv", "--data-path", str(data_dir), "--epochs", "1",
+            "--set", "model_options.hidden=16", "--set", "max_steps=1",
+            "--output-dir", str(tmp_path / "out")]
+    argv += [a.replace("{missing}", str(tmp_path / "nowhere")) for a in args]
+    assert softnce_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "softnce celltypegraph cv: error:" in err and message in err, err
+    assert "Traceback" not in err
+
+
+def test_summarize_cv_maps_rows_by_row_ids_not_order(data_dir: Path, tmp_path: Path) -> None:
+    """Multi-process evaluation concatenates masked rows by rank: with the saved row_ids the
+    scores do not depend on the row order; without them a reordered file is refused."""
+    run = tmp_path / "run"
+    _run(data_dir, run, loss="nll", model="gcn", model_options={"hidden": 16})
+    saved = torch.load(run / "val_logits.pt", weights_only=True)
+    assert saved["row_ids"].shape == saved["labels"].shape
+    ref = ctg.summarize_cv([run])
+    perm = torch.randperm(len(saved["labels"]), generator=torch.Generator().manual_seed(0))
+    shuffled = {**saved, **{k: saved[k][perm] for k in ("logits", "labels", "row_ids")}}
+    torch.save(shuffled, run / "val_logits.pt")
+    res = ctg.summarize_cv([run])
+    assert res["folds"][0]["graph_top1"] == ref["folds"][0]["graph_top1"]
+    assert res["folds"][0]["graph_class_avg"] == ref["folds"][0]["graph_class_avg"]
+    torch.save({k: v for k, v in shuffled.items() if k != "row_ids"}, run / "val_logits.pt")
+    with pytest.raises(ValueError, match="rows do not match the annotated nodes"):
+        ctg.summarize_cv([run])
+    bad = dict(shuffled, row_ids=shuffled["row_ids"] + 1)
+    torch.save(bad, run / "val_logits.pt")
+    with pytest.raises(ValueError, match="row_ids do not match"):
+        ctg.summarize_cv([run])
+
+
+DDP_CTG_SCRIPT = """
+import sys
+from softnce.config import load_config
+from softnce.engine import train
+data, out = sys.argv[1], sys.argv[2]
+train(load_config(dataset="celltypegraph", data_path=data, loss="nll", model="gcn",
+                  model_options={"hidden": 16}, epochs=1, max_steps=2, batch_size=1,
+                  cpu_threads=1, quiet=True, tensorboard=False, device="cpu",
+                  output_dir=out))
+# skip interpreter teardown: under load a gloo thread occasionally aborts the exiting process
+# ("terminate called without an active exception") after everything was written
+import os
+sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
+"""
+
+
+def test_two_process_eval_keeps_per_graph_scores(tmp_path: Path) -> None:
+    """A 2-process gloo run (the environment torchrun sets) writes rows grouped by rank; the
+    saved row_ids let summarize_cv score exactly what one process evaluating the same
+    weights scores."""
+    import os
+    import subprocess
+    import sys
+
+    from _helpers import free_port
+    from softnce.config import load_config
+    from softnce.engine import Trainer
+
+    data_dir = tmp_path / "data"  # 15 stacks, 3 stages: 3 test graphs, ranks hold 2 and 1
+    ctg.make_synthetic(data_dir, num_stacks=15, seed=2, **SMALL)
+    script = tmp_path / "job.py"
+    script.write_text(DDP_CTG_SCRIPT)
+    run = tmp_path / "ddp"
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, str(script), str(data_dir), str(run)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    ddp = torch.load(run / "val_logits.pt", weights_only=True)
+    # one process, the same weights: logits in validation order
+    t = Trainer(load_config(dataset="celltypegraph", data_path=str(data_dir), loss="nll",
+                            model="gcn", model_options={"hidden": 16}, cpu_threads=1,
+                            device="cpu", output_dir=str(tmp_path / "single")))
+    t._setup_distributed()
+    t._build()
+    t.model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
+    t.model.eval()
+    parts = []
+    with torch.no_grad():
+        for batch in ctg.graph_loader(t.bundle.val, batch_size=1):
+            m = batch.train_mask
+            parts.append((t.model(batch)[m], batch.y[m], ctg.val_row_ids(batch)[m]))
+    logits, labels, ids = (torch.cat(z) for z in zip(*parts))
+    assert not torch.equal(ddp["row_ids"], ids)  # the rank order differs from validation order
+    assert sorted(ddp["row_ids"].tolist()) == sorted(ids.tolist())
+    pos = {k: i for i, k in enumerate(ids.tolist())}
+    order = torch.tensor([pos[k] for k in ddp["row_ids"].tolist()])
+    assert torch.equal(labels[order], ddp["labels"])
+    assert torch.allclose(logits[order], ddp["logits"], atol=1e-5)
+    res = ctg.summarize_cv([run])  # before this change: refused ("rows do not match")
+    single = tmp_path / "single_copy"
+    single.mkdir()
+    for f in ("config.json", "summary.json"):
+        (single / f).write_text((run / f).read_text())
+    torch.save({"logits": logits, "labels": labels}, single / "val_logits.pt")  # no row_ids
+    ref = ctg.summarize_cv([single])
+    for k in ("graph_top1", "graph_class_avg"):
+        assert res["folds"][0][k] == pytest.approx(ref["folds"][0][k], abs=1e-12), k

@@ -1,11 +1,11 @@
-"""``softnce celltypegraph {make-synthetic,cv-summary}``: CellTypeGraph data utilities."""
+"""``softnce celltypegraph {make-synthetic,cv-summary,cv}``: CellTypeGraph data utilities."""
 
 from __future__ import annotations
 
 import argparse
 
 COMMAND = "celltypegraph"
-HELP = "CellTypeGraph utilities: write a synthetic data set, summarise 5-fold runs"
+HELP = "CellTypeGraph utilities: write a synthetic data set, run and summarise the 5-fold protocol"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -808,7 +808,11 @@ class Trainer:
             or (cfg.save_val_logits == "auto"
                 and len(b.val) * b.num_classes <= SAVE_LOGITS_LIMIT)
             or b.val_true_probs is not None)
-        all_logits, all_labels, masked = [], [], False
+        # optional ``bundle.extra["val_row_ids"]``: batch -> (rows,) int64 stable key per row,
+        # saved as ``row_ids`` in val_logits.pt so row order never matters (multi-process eval)
+        row_ids_fn = b.extra.get("val_row_ids") if isinstance(b.extra, dict) else None
+        all_logits, all_labels, all_ids, masked = [], [], [], False
+        self.val_row_ids = None
         for batch in loader:
             batch = move_to(batch, self.device)
             x, labels, _soft, mask = b.unpack(batch)
@@ -828,25 +832,37 @@ class Trainer:
             if keep:
                 all_logits.append(logits.cpu())
                 all_labels.append(labels.cpu())
+                if row_ids_fn is not None:
+                    ids = row_ids_fn(batch)
+                    all_ids.append((ids[mask] if mask is not None else ids).long().cpu())
         metrics = meter.compute()
         model.train(was_training)
         if not keep:
             return metrics, None, None
         logits = torch.cat(all_logits) if all_logits else torch.zeros(0, b.num_classes)
         labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
+        row_ids = (torch.cat(all_ids) if all_ids else torch.zeros(0, dtype=torch.long)) \
+            if row_ids_fn is not None else None
         if self.world > 1:
             parts: list[Any] = [None] * self.world
-            dist.all_gather_object(parts, (logits, labels))
+            dist.all_gather_object(parts, (logits, labels, row_ids))
             if masked:  # order of masked rows is not recoverable; concatenate by rank
                 logits = torch.cat([p[0] for p in parts])
                 labels = torch.cat([p[1] for p in parts])
+                if row_ids is not None:
+                    row_ids = torch.cat([p[2] for p in parts])
             else:
                 n = sum(len(p[1]) for p in parts)
                 logits = torch.zeros(n, b.num_classes)
                 labels = torch.zeros(n, dtype=torch.long)
-                for r, (lg, lb) in enumerate(parts):
+                if row_ids is not None:
+                    row_ids = torch.zeros(n, dtype=torch.long)
+                for r, (lg, lb, ri) in enumerate(parts):
                     logits[r::self.world] = lg
                     labels[r::self.world] = lb
+                    if row_ids is not None:
+                        row_ids[r::self.world] = ri
+        self.val_row_ids = row_ids
         if b.val_true_probs is not None and not masked and len(logits) == len(b.val_true_probs):
             metrics.update(truth_metrics(logits, b.val_true_probs, cfg.temperature))
         return metrics, logits, labels
@@ -874,9 +890,11 @@ class Trainer:
                 or (self.cfg.save_val_logits == "auto"
                     and logits.numel() <= SAVE_LOGITS_LIMIT))
             if save_logits:
-                atomic_save({"logits": logits.float(), "labels": labels.long(),
-                             "epoch": epoch, "temperature": self.cfg.temperature},
-                            self.out / "val_logits.pt")
+                saved = {"logits": logits.float(), "labels": labels.long(),
+                         "epoch": epoch, "temperature": self.cfg.temperature}
+                if getattr(self, "val_row_ids", None) is not None:
+                    saved["row_ids"] = self.val_row_ids
+                atomic_save(saved, self.out / "val_logits.pt")
             line = (f"epoch {_fmt_epoch(epoch)}/{self.cfg.epochs} step {self.global_step} "
                     f"loss {train_loss:.4f} top1 {rec['top1']:.4f} nll {rec['nll']:.4f} "
                     f"ece {rec['ece']:.4f} brier {rec['brier']:.4f}")

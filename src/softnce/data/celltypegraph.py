@@ -668,6 +668,24 @@ def unpack_graph_batch(batch: Any) -> tuple[Any, torch.Tensor, torch.Tensor | No
     return batch, batch.y, getattr(batch, "soft_y", None), batch.train_mask
 
 
+#: ``row id = graph_id * ROW_ID_STRIDE + node index within the graph`` (see :func:`val_row_ids`).
+ROW_ID_STRIDE = 1 << 32
+
+
+def val_row_ids(batch: Any) -> torch.Tensor:
+    """Stable key of every node row of a PyG batch: ``graph_id * 2**32 + local node index``
+    (``graph_id`` = position of the stack in the stack list). The harness saves these keys, for
+    the masked rows, as ``row_ids`` in ``val_logits.pt`` (``bundle.extra["val_row_ids"]``), so
+    :func:`summarize_cv` maps rows to graphs by key, not by their order, which multi-process
+    evaluation does not preserve."""
+    gid = batch.graph_id
+    local = torch.arange(gid.shape[0], device=gid.device)
+    ptr, bidx = getattr(batch, "ptr", None), getattr(batch, "batch", None)
+    if ptr is not None and bidx is not None:
+        local = local - ptr[bidx]
+    return gid.long() * ROW_ID_STRIDE + local
+
+
 def graph_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, sampler: Any = None,
                  **kw: Any) -> Any:
     """``torch_geometric.loader.DataLoader`` (batches graphs); extra keywords (``num_workers``,
@@ -789,7 +807,7 @@ def build_celltypegraph(cfg: Any) -> DataBundle:
         unpack=unpack_graph_batch,
         loader_factory=graph_loader,
         class_names=list(CLASS_NAMES),
-        extra={**info, "num_edge_features": NUM_EDGE_FEATURES},
+        extra={**info, "num_edge_features": NUM_EDGE_FEATURES, "val_row_ids": val_row_ids},
         default_model="gcn",
     )
 
@@ -1060,9 +1078,12 @@ def summarize_cv(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     """Benchmark scores of finished ``softnce train`` runs on ``celltypegraph`` (one per fold).
 
     Each run directory must hold ``config.json``, ``summary.json`` and ``val_logits.pt`` (written
-    by the harness; single-process runs keep the masked node rows in validation order). The
-    fold's test graphs are re-read from the run's ``data_path`` to map rows to graphs; the
-    stored labels must equal the re-read ones, so a mismatched data path is detected. Returns
+    by the harness). The fold's test graphs are re-read from the run's ``data_path`` to map rows
+    to graphs: by the saved ``row_ids`` (``graph_id * 2**32 + node index``, see
+    :func:`val_row_ids`) when present, so the row order (lost under multi-process evaluation)
+    does not matter; files without ``row_ids`` (older runs) must hold the rows in validation
+    order. The stored labels must equal the re-read ones, so a mismatched data path is
+    detected. Returns
     ``{"folds": [...], "over_folds": {metric: (mean, std)}, "over_graphs": {...}}``: per fold the
     harness's node-pooled ``top1``/``ece``/``nll``/``brier`` (final evaluation) and the
     benchmark's per-graph ``graph_top1``/``graph_class_avg`` averaged over the fold's graphs;
@@ -1091,14 +1112,28 @@ def summarize_cv(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
                   else stack_list_for_root(root))
         split = stratified_folds(stacks, opts.get("num_folds", 5), opts.get("fold_seed", 0))
         test = split[opts.get("fold", 0)]["test"]
-        ys, gids = [], []
+        list_pos = {s: i for i, s in enumerate(stacks)}
+        ys, gids, keys = [], [], []
         for k, (stage, stack) in enumerate(test):
             g = read_ovule(stack_path(root, stage, stack))
             keep = g.y >= 0
             ys.append(torch.from_numpy(g.y[keep]))
             gids.append(torch.full((int(keep.sum()),), k, dtype=torch.int64))
-        y, gid = torch.cat(ys), torch.cat(gids)
+            keys.append(list_pos[(stage, stack)] * ROW_ID_STRIDE
+                        + torch.from_numpy(np.flatnonzero(keep)).long())
+        y, gid, key = torch.cat(ys), torch.cat(gids), torch.cat(keys)
         logits, labels = saved["logits"], saved["labels"]
+        if saved.get("row_ids") is not None:  # put the rows into the canonical order by key
+            rid = saved["row_ids"].long()
+            src, dst = torch.sort(rid), torch.sort(key)
+            if rid.shape != key.shape or not torch.equal(src.values, dst.values):
+                raise ValueError(
+                    f"{rd}: val_logits.pt row_ids do not match the annotated nodes of fold "
+                    f"{opts.get('fold', 0)} under {root} (did the data change?)"
+                )
+            perm = torch.empty_like(dst.indices)
+            perm[dst.indices] = src.indices
+            logits, labels = logits[perm], labels[perm]
         if labels.shape != y.shape or not torch.equal(labels.long(), y):
             raise ValueError(
                 f"{rd}: val_logits.pt rows do not match the annotated nodes of fold "
@@ -1140,9 +1175,219 @@ def _print_cv(res: dict[str, Any]) -> None:
         f"{c} {m:.3f} ± {s:.3f}" for c, (m, s) in res["over_graphs"].items()))
 
 
+# --------------------------------------------------------------------------------------------
+# the whole protocol: train every (loss config, fold) through the harness, then summarise
+# --------------------------------------------------------------------------------------------
+CV_MODELS = ("gcn", "deepergcn")
+CV_DEFAULT_LOSSES = ("nll", "infonce", "soft-ce", "soft-infonce")
+#: columns of the ``cv`` table: (key in ``summarize_cv(...)["over_folds"]``, title, percent)
+CV_COLUMNS = (("graph_top1", "top-1 (%)", True),
+              ("graph_class_avg", "class-avg excl. 7 (%)", True),
+              ("ece", "ECE (15 bins)", False), ("nll", "NLL", False))
+
+
+class CVError(ValueError):
+    """Bad input to ``softnce celltypegraph cv`` (printed as ``error: ...``, exit code 2)."""
+
+
+def cv_loss_configs(config: str | None = None, losses: Sequence[str] | None = None,
+                    model: str | None = None) -> list[tuple[str, Path]]:
+    """``[(name, config file)]`` of the ``cv`` command.
+
+    ``config`` is a loss config (it sets ``loss:``; run as is, named by its file stem) or a base
+    config such as ``celltypegraph/gcn`` (no ``loss:``), expanded to its siblings
+    ``{stem}-{loss}.yaml`` for ``losses`` (default nll, infonce, soft-ce, soft-infonce). Without
+    ``config`` the base is ``configs/celltypegraph/{model}.yaml`` (``model`` default gcn).
+    """
+    from softnce.config import find_preset, load_yaml
+
+    if config is not None and model is not None:
+        raise CVError("give either --config or --model, not both")
+    if model is not None and model not in CV_MODELS:
+        raise CVError(f"--model must be one of {', '.join(CV_MODELS)}; found {model!r}")
+    path = find_preset(config if config is not None else f"celltypegraph/{model or 'gcn'}")
+    path = path.resolve()
+    if "loss" in load_yaml(path):
+        if losses:
+            raise CVError(f"{path} is a loss config (it sets loss:); --losses needs a base "
+                          f"config such as celltypegraph/gcn")
+        return [(path.stem, path)]
+    names = list(losses) if losses else list(CV_DEFAULT_LOSSES)
+    if len(set(names)) != len(names):
+        raise CVError(f"--losses lists a loss more than once: {names}")
+    avail = sorted(q.stem[len(path.stem) + 1:] for q in path.parent.glob(f"{path.stem}-*.yaml"))
+    out = []
+    for name in names:
+        cand = path.parent / f"{path.stem}-{name}.yaml"
+        if not cand.is_file():
+            raise CVError(f"unknown loss {name!r} for {path.name}: no {cand.name} next to it; "
+                          f"available: {', '.join(avail) or 'none'}")
+        out.append((f"{path.stem}-{name}", cand))
+    return out
+
+
+def _parse_folds(text: str) -> list[int]:
+    try:
+        folds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise CVError(f"--folds must be comma-separated fold indices such as 0,1,2,3,4; "
+                      f"found {text!r}") from None
+    if not folds or len(set(folds)) != len(folds):
+        raise CVError(f"--folds must list distinct fold indices; found {text!r}")
+    return folds
+
+
+def _run_is_finished(cfg: Any) -> bool:
+    """A complete run of exactly ``cfg`` (same config.json) with its val_logits.pt."""
+    import json
+
+    from softnce.engine import _config_diff
+
+    out = Path(cfg.output_dir)
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (bool(summary.get("complete")) and (out / "val_logits.pt").is_file()
+            and not _config_diff(saved, cfg.to_dict()))
+
+
+def run_cv(
+    data_path: str | Path,
+    output_dir: str | Path,
+    config: str | None = None,
+    losses: Sequence[str] | None = None,
+    model: str | None = None,
+    folds: Sequence[int] = (0, 1, 2, 3, 4),
+    epochs: int | None = None,
+    seed: int | None = None,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    log: Any = print,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """The benchmark's cross-validation protocol in one call.
+
+    For every loss config (:func:`cv_loss_configs`) and fold, resolve the run's config with
+    :func:`softnce.config.load_config` (``overrides`` are ``--set KEY=VALUE`` items; the fold is
+    set last as ``dataset_options.fold``), train it with :func:`softnce.engine.train` into
+    ``output_dir/<loss>/fold<k>``, then :func:`summarize_cv` the fold runs of each loss. With
+    ``resume`` a finished run of the same config is skipped and an interrupted one resumes from
+    its checkpoint (the harness's ``--resume``). Writes ``cv_summary.json`` and ``cv_report.md``
+    under ``output_dir`` and returns the summary dict. Raises :class:`CVError`,
+    :class:`~softnce.config.ConfigError` or :class:`~softnce.data.DataError` on bad input.
+    """
+    import json
+    import time
+
+    from softnce.config import load_config
+    from softnce.engine import train
+
+    root = Path(data_path)
+    if not root.is_dir():
+        raise CVError(f"--data-path {str(root)!r} is not a directory. " + WHERE_TO_GET)
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise CVError(f"--output-dir {str(out)!r} is a file")
+    entries = cv_loss_configs(config, losses, model)
+    fields = {"data_path": str(root), "epochs": epochs, "seed": seed, "resume": resume,
+              "quiet": True}
+    plan = []  # resolve every config before training anything: bad input fails at once
+    for name, path in entries:
+        base = load_config(str(path), list(overrides), **fields)
+        if base.dataset != "celltypegraph":
+            raise CVError(f"{path}: dataset is {base.dataset!r}, not 'celltypegraph'")
+        num_folds = (base.dataset_options or {}).get("num_folds", 5)
+        bad = [f for f in folds if not (isinstance(num_folds, int) and 0 <= f < num_folds)]
+        if bad:
+            raise CVError(f"fold index {bad[0]} out of range for {name} "
+                          f"(num_folds {num_folds}: folds 0..{num_folds - 1})")
+        for k in folds:
+            cfg = load_config(str(path), [*overrides, f"dataset_options.fold={k}"],
+                              output_dir=str(out / name / f"fold{k}"), **fields)
+            cfg.validate()
+            plan.append((name, path, k, cfg))
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    for i, (name, _path, k, cfg) in enumerate(plan, 1):
+        if resume and _run_is_finished(cfg):
+            log(f"[{i}/{len(plan)}] {name} fold {k}: finished, skipped ({cfg.output_dir})")
+            continue
+        t0 = time.perf_counter()
+        s = train(cfg, log=lambda m: None)
+        f = s.get("final", {})
+        log(f"[{i}/{len(plan)}] {name} fold {k}: top-1 {f.get('top1', float('nan')):.4f}  "
+            f"ECE {f.get('ece', float('nan')):.4f}  NLL {f.get('nll', float('nan')):.4f}  "
+            f"({time.perf_counter() - t0:.1f} s)")
+    results: dict[str, Any] = {}
+    for name, path in entries:
+        dirs = [str(out / name / f"fold{k}") for k in folds]
+        res = summarize_cv(dirs)
+        results[name] = {"config": str(path), "runs": dirs, **res}
+    summary = {
+        "command": command, "data_path": str(root), "folds": list(folds),
+        "overrides": list(overrides), "epochs": epochs, "seed": seed,
+        "std": "population std over folds (numpy ddof=0), as summarize_cv",
+        "metrics": {k: t for k, t, _ in CV_COLUMNS},
+        "losses": results,
+        "wall_s": time.perf_counter() - t_start,
+    }
+    (out / "cv_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "cv_report.md").write_text(_cv_markdown(summary))
+    return summary
+
+
+def _fmt(m: float, s: float, pct: bool) -> str:
+    if not np.isfinite(m):
+        return "n/a"
+    return f"{100 * m:.2f} ± {100 * s:.2f}" if pct else f"{m:.4f} ± {s:.4f}"
+
+
+def _cv_markdown(summary: dict[str, Any]) -> str:
+    head = ["loss"] + [t for _, t, _ in CV_COLUMNS]
+    lines = [
+        "# CellTypeGraph cross-validation", "",
+        f"data: `{summary['data_path']}`; folds {summary['folds']}; "
+        + (f"command: `{summary['command']}`" if summary.get("command") else ""), "",
+        "Mean ± std over folds (population std). top-1 and class-average accuracy (class 7, "
+        "embryo sac, excluded) are the benchmark's per-graph scores averaged over each fold's "
+        "test graphs; ECE and NLL are node-pooled per fold (final evaluation).", "",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+    ]
+    for name, r in summary["losses"].items():
+        cells = [_fmt(*r["over_folds"][k], pct) for k, _, pct in CV_COLUMNS]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    lines += ["", "## Per fold", "", "| loss | fold | graphs | " + " | ".join(
+        t for _, t, _ in CV_COLUMNS) + " | run |", "|" + "---|" * (len(CV_COLUMNS) + 4)]
+    for name, r in summary["losses"].items():
+        for f in r["folds"]:
+            cells = [_fmt(f[k], 0.0, pct).split(" ±")[0] for k, _, pct in CV_COLUMNS]
+            lines.append(f"| {name} | {f['fold']} | {f['graphs']} | " + " | ".join(cells)
+                         + f" | `{f['run']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def _print_cv_table(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    table = Table(title=f"CellTypeGraph {len(summary['folds'])}-fold CV: mean ± std over folds")
+    table.add_column("loss", style="bold")
+    for _, title, _ in CV_COLUMNS:
+        table.add_column(title, justify="right")
+    for name, r in summary["losses"].items():
+        table.add_row(name, *[_fmt(*r["over_folds"][k], pct) for k, _, pct in CV_COLUMNS])
+    console.print(table)
+
+
 def add_cli_arguments(ap: argparse.ArgumentParser) -> None:
     """Sub-commands ``make-synthetic`` and ``cv-summary`` (``softnce celltypegraph ...``)."""
-    sub = ap.add_subparsers(dest="ctg_command", required=True, metavar="{make-synthetic,cv-summary}")
+    sub = ap.add_subparsers(dest="ctg_command", required=True,
+                            metavar="{make-synthetic,cv-summary,cv}")
     mk = sub.add_parser("make-synthetic", help="write a synthetic data set in the benchmark format")
     mk.add_argument("dir", help="output data path (pass it as --data-path)")
     mk.add_argument("--stacks", type=int, default=84, help="number of ovules (default 84)")
@@ -1155,14 +1400,46 @@ def add_cli_arguments(ap: argparse.ArgumentParser) -> None:
                         "(mean ± std over folds and over graphs)")
     cv.add_argument("runs", nargs="+", help="run directories (one per fold)")
     cv.add_argument("--json", help="also write the result to this JSON file")
+    run = sub.add_parser(
+        "cv", help="the whole 5-fold protocol: train every loss config on every fold through "
+        "the harness, then print and write mean ± std over folds",
+        description="Train each loss config on each fold (softnce.engine.train, runs in "
+        "OUT/<loss>/fold<k>), then summarise (summarize_cv) into OUT/cv_summary.json and "
+        "OUT/cv_report.md.")
+    run.add_argument("--data-path", required=True, metavar="DIR", help="CellTypeGraph root")
+    run.add_argument("--config", default=None, metavar="FILE.yaml",
+                     help="a base config (e.g. celltypegraph/gcn: runs its {stem}-{loss}.yaml "
+                          "siblings) or one loss config (e.g. celltypegraph/gcn-soft-infonce)")
+    run.add_argument("--model", default=None, choices=CV_MODELS,
+                     help="without --config: use configs/celltypegraph/<model>-<loss>.yaml "
+                          "(default gcn)")
+    run.add_argument("--losses", default=None, metavar="L1,L2",
+                     help=f"losses of the base config (default {','.join(CV_DEFAULT_LOSSES)}; "
+                          "also soft-ce-annotators, soft-infonce-annotators)")
+    run.add_argument("--folds", default="0,1,2,3,4", metavar="0,1,...",
+                     help="folds to run (default 0,1,2,3,4)")
+    run.add_argument("--epochs", type=int, default=None, help="override the configs' epochs")
+    run.add_argument("--seed", type=int, default=None, help="override the configs' seed")
+    run.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                     help="any config key, as in softnce train (repeatable)")
+    run.add_argument("--output-dir", required=True, metavar="OUT")
+    run.add_argument("--resume", action="store_true",
+                     help="skip finished fold runs, resume interrupted ones")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run a sub-command parsed by :func:`add_cli_arguments`."""
+    if args.ctg_command == "cv":
+        return _run_cv_cli(args)
     if args.ctg_command == "cv-summary":
         import json
+        import sys
 
-        res = summarize_cv(args.runs)
+        try:
+            res = summarize_cv(args.runs)
+        except ValueError as e:
+            print(f"softnce celltypegraph cv-summary: error: {e}", file=sys.stderr)
+            return 2
         _print_cv(res)
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=2))
@@ -1171,6 +1448,39 @@ def run_cli(args: argparse.Namespace) -> int:
                            min_cells=args.min_cells, max_cells=args.max_cells,
                            second_annotator=not args.no_second_annotator)
     print(f"wrote {len(paths)} synthetic ovules under {Path(args.dir).joinpath(*SUBDIR)}")
+    return 0
+
+
+def _run_cv_cli(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from softnce.config import ConfigError
+    from softnce.engine import NonFiniteLossError
+
+    prog = "softnce celltypegraph cv"
+    argv = getattr(args, "argv", None)
+    try:
+        losses = None
+        if args.losses is not None:
+            losses = [t.strip() for t in args.losses.split(",") if t.strip()]
+            if not losses:
+                raise CVError("--losses is empty")
+        summary = run_cv(
+            args.data_path, args.output_dir, config=args.config, losses=losses,
+            model=args.model, folds=_parse_folds(args.folds), epochs=args.epochs,
+            seed=args.seed, overrides=args.set, resume=args.resume,
+            command=("softnce " + shlex.join(argv)) if argv else None,
+        )
+    except (CVError, ConfigError, DataError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    _print_cv_table(summary)
+    print(f"wrote {Path(args.output_dir) / 'cv_summary.json'} and "
+          f"{Path(args.output_dir) / 'cv_report.md'}")
     return 0
 
 
@@ -1199,7 +1509,7 @@ __all__ = [
     "NUM_CLASSES", "NUM_EDGE_FEATURES", "NUM_NODE_FEATURES", "FeatureSpec", "GraphListDataset",
     "OvuleGraph", "benchmark_unit_rows", "build_celltypegraph", "check_files", "graph_scores",
     "load_fold", "load_stack_list", "make_synthetic", "onehot_hops", "read_ovule",
-    "summarize_cv",
+    "run_cv", "summarize_cv", "val_row_ids",
     "soft_targets", "stack_path", "stratified_folds", "to_data", "vectors_to_orientation",
     "zscore",
 ]
