@@ -1272,7 +1272,7 @@ def run_cv(
     For every loss config (:func:`cv_loss_configs`) and fold, resolve the run's config with
     :func:`softnce.config.load_config` (``overrides`` are ``--set KEY=VALUE`` items; the fold is
     set last as ``dataset_options.fold``), train it with :func:`softnce.engine.train` into
-    ``output_dir/<loss>/fold<k>``, then :func:`summarize_cv` the fold runs of each loss. With
+    ``output_dir/<model>-<loss>/fold<k>``, then :func:`summarize_cv` the fold runs of each loss. With
     ``resume`` a finished run of the same config is skipped and an interrupted one resumes from
     its checkpoint (the harness's ``--resume``). Writes ``cv_summary.json`` and ``cv_report.md``
     under ``output_dir`` and returns the summary dict. Raises :class:`CVError`,
@@ -1404,7 +1404,7 @@ def add_cli_arguments(ap: argparse.ArgumentParser) -> None:
         "cv", help="the whole 5-fold protocol: train every loss config on every fold through "
         "the harness, then print and write mean ± std over folds",
         description="Train each loss config on each fold (softnce.engine.train, runs in "
-        "OUT/<loss>/fold<k>), then summarise (summarize_cv) into OUT/cv_summary.json and "
+        "OUT/<model>-<loss>/fold<k>), then summarise (summarize_cv) into OUT/cv_summary.json and "
         "OUT/cv_report.md.")
     run.add_argument("--data-path", required=True, metavar="DIR", help="CellTypeGraph root")
     run.add_argument("--config", default=None, metavar="FILE.yaml",
