@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from _helpers import free_port as _free_port
+from _helpers import run_workers
 from reference import ref_batch_infonce, ref_separated_infonce
 from softnce import SoftTargetInfoNCE, SoftTargets, soft_target_infonce
 from softnce.distributed import gather_targets
@@ -197,18 +196,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_two_gloo_ranks_match_single_process(tmp_path):
-    # "fork" (where available) instead of "spawn": the children need not re-import torch, which
-    # halves the runtime on a small machine; each child runs with one intra-op thread, as
-    # DataLoader workers do. A deadline turns a hang into a failure.
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
-                             join=False, start_method=method)
-    deadline = time.monotonic() + 300
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("distributed workers did not finish within 300 s")
+    # each child runs with one intra-op thread, as DataLoader workers do
+    run_workers(_worker, (_free_port(), str(tmp_path)), nprocs=WORLD, timeout=300)
     for rank in range(WORLD):
         done = (tmp_path / f"rank{rank}.txt").read_text().split("\n")
         assert tuple(done) == CASES, (rank, done)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from _helpers import free_port as _free_port
+from _helpers import run_workers
 from softnce import SoftTargetInfoNCE, SoftTargets, separated_infonce
 
 C = 4
@@ -235,15 +234,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_negatives_shared_across_two_gloo_ranks(tmp_path):
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False,
-                             start_method=method)
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("distributed workers did not finish within 120 s")
+    run_workers(_worker, (_free_port(), str(tmp_path)), nprocs=2, timeout=120)
     for rank in range(2):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "ok"
 
