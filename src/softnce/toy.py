@@ -1036,6 +1036,18 @@ def plot_sample_size(rows: Sequence[dict], config: ToyConfig, path: Path) -> Non
 
 
 # =============================================================================== summary
+def _md_table(title: str, values: dict, fmt, dgp: str, names: list[str], xs: list[float],
+              xname: str) -> list[str]:
+    """One markdown table of a per-(dgp, estimator, level) aggregate, estimators as rows."""
+    out = ["", title, "",
+           "| estimator | " + " | ".join(f"{xname} = {x:g}" for x in xs) + " |",
+           "|---|" + "---|" * len(xs)]
+    for e in names:
+        out.append(f"| {e} | " + " | ".join(
+            fmt(values[(dgp, e, x)]) if (dgp, e, x) in values else "-" for x in xs) + " |")
+    return out
+
+
 def _fmt(m: tuple[float, float, float], pct: bool = True) -> str:
     if pct:
         return f"{100 * m[0]:.1f} [{100 * m[1]:.1f}, {100 * m[2]:.1f}]"
@@ -1083,27 +1095,17 @@ def summary_markdown(rows: Sequence[dict], config: ToyConfig, seconds: float | N
             continue
         xs = sorted({k[2] for k in agg if k[0] == dgp})
         xname = "eps" if dgp == "smoothed" else "1/s"
-        lines += [f"## {DGP_TITLES[dgp]}", "",
-                  "Relative error of the centred W in % (mean [95% interval]):", "",
-                  "| estimator | " + " | ".join(f"{xname} = {x:g}" for x in xs) + " |",
-                  "|---|" + "---|" * len(xs)]
-        for e in names:
-            lines.append(f"| {e} | " + " | ".join(_fmt(agg[(dgp, e, x)]) if (dgp, e, x) in agg
-                                                  else "-" for x in xs) + " |")
-        lines += ["", "Mean KL(true || estimated) of the label model on held-out x:", "",
-                  "| estimator | " + " | ".join(f"{xname} = {x:g}" for x in xs) + " |",
-                  "|---|" + "---|" * len(xs)]
-        for e in names:
-            lines.append(f"| {e} | " + " | ".join(f"{agg_kl[(dgp, e, x)][0]:.3g}"
-                                                  if (dgp, e, x) in agg_kl else "-"
-                                                  for x in xs) + " |")
-        lines += ["", "Mean KL(E[target | x] || softmax(V x)) on held-out x (the prediction):", "",
-                  "| estimator | " + " | ".join(f"{xname} = {x:g}" for x in xs) + " |",
-                  "|---|" + "---|" * len(xs)]
-        for e in names:
-            lines.append(f"| {e} | " + " | ".join(f"{agg_pk[(dgp, e, x)][0]:.3g}"
-                                                  if (dgp, e, x) in agg_pk else "-"
-                                                  for x in xs) + " |")
+        def mean3(v: tuple) -> str:
+            return f"{v[0]:.3g}"
+
+        lines += [f"## {DGP_TITLES[dgp]}"]
+        for title, values, fmt in (
+            ("Relative error of the centred W in % (mean [95% interval]):", agg, _fmt),
+            ("Mean KL(true || estimated) of the label model on held-out x:", agg_kl, mean3),
+            ("Mean KL(E[target | x] || softmax(V x)) on held-out x (the prediction):", agg_pk,
+             mean3),
+        ):
+            lines += _md_table(title, values, fmt, dgp, names, xs, xname)
         vs = [v for v in verdicts if v["dgp"] == dgp]
         if vs:
             lines += ["", f"Claim \"NLL's error grows with label uncertainty faster than "
