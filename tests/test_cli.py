@@ -201,3 +201,17 @@ def test_help_lists_registered_names(capsys):
     rc, out, _ = run_cli(["train", "--help"], capsys)
     assert rc == 0 and "soft-infonce" in out and "--max-steps" in out and "digits" in out
 
+
+
+def test_plugin_subcommands_are_wired_into_softnce(capsys):
+    """`softnce toy` and `softnce celltypegraph` come from cli_*.py plug-ins; a bad argument
+    reaches their own parsers (exit 2), so the commands exist and parse."""
+    from softnce.cli import build_parser
+
+    _, commands = build_parser()
+    assert {"train", "compare", "toy", "celltypegraph"} <= set(commands)
+    for argv in (["toy", "--dgp", "no-such-dgp"], ["celltypegraph", "no-such-command"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
