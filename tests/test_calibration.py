@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from _helpers import free_port as _free_port
-from softnce.calibration import (
+from softnce.metrics import (
     CalibrationMeter,
     ReliabilityCurve,
     TemperatureScaler,
-    _bin_index,
     adaptive_calibration_error,
     brier_score,
     classwise_calibration_error,
@@ -28,6 +27,7 @@ from softnce.calibration import (
     reliability_curve,
     top_k_accuracy,
 )
+from softnce.metrics.functional import _bin_index
 
 METRIC_FNS = {
     "ece": expected_calibration_error,

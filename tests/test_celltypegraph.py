@@ -322,8 +322,8 @@ def test_models_forward_and_validate() -> None:
 
 # ------------------------------------------------------------------------------ harness
 def _run(data_dir: Path, out: Path, **kw: object) -> dict:
-    from softnce.config import TrainConfig
-    from softnce.engine import train
+    from softnce.harness.config import TrainConfig
+    from softnce.harness.trainer import train
 
     base = {"dataset": "celltypegraph", "data_path": str(data_dir), "epochs": 1, "max_steps": 3,
             "batch_size": 1, "lr": 1e-2, "optimizer": "adam", "weight_decay": 1e-5,
@@ -373,7 +373,7 @@ def test_annotator_targets_and_cv_summary(data_dir: Path, tmp_path: Path) -> Non
 
 
 def test_compare_preset_is_valid_for_graphs(data_dir: Path, tmp_path: Path) -> None:
-    from softnce.compare import resolve_runs
+    from softnce.experiments.compare import resolve_runs
 
     names = ["nll", "infonce", "soft-ce", "soft-infonce", "soft-ce-annotators",
              "soft-infonce-annotators"]
@@ -384,11 +384,11 @@ def test_compare_preset_is_valid_for_graphs(data_dir: Path, tmp_path: Path) -> N
         assert cfg.mixup == 0 and cfg.cutmix == 0 and cfg.model == "gcn", name
         assert cfg.batch_size == 1 and cfg.optimizer == "adam" and cfg.lr == 1e-2
     ann = {n: c for n, _, c in runs}["soft-infonce-annotators"]
-    assert ann.dataset_options == {"soft_targets": "annotators"} and ann.smoothing == 0.0
+    assert ann.dataset_options["soft_targets"] == "annotators" and ann.smoothing == 0.0
 
 
 def test_repo_configs_load() -> None:
-    from softnce.config import REPO_CONFIG_DIR, load_config
+    from softnce.harness.config import REPO_CONFIG_DIR, load_config
 
     files = sorted((REPO_CONFIG_DIR / "celltypegraph").glob("*-*.yaml"))
     assert len(files) == 12
@@ -431,7 +431,7 @@ def _cv(data_dir: Path, out: Path, *extra: str) -> int:
 def test_cv_command_end_to_end_and_resume(data_dir: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    import softnce.engine
+    import softnce.harness.trainer
 
     out = tmp_path / "cv"
     assert _cv(data_dir, out) == 0
@@ -452,13 +452,13 @@ def test_cv_command_end_to_end_and_resume(data_dir: Path, tmp_path: Path,
         assert f"{100 * m:.2f} ± {100 * s:.2f}" in report
     # --resume: finished folds are skipped (train is never called) ...
     calls: list[str] = []
-    real_train = softnce.engine.train
+    real_train = softnce.harness.trainer.train
 
     def counting_train(cfg, log=None):  # type: ignore[no-untyped-def]
         calls.append(cfg.output_dir)
         return real_train(cfg, log=log)
 
-    monkeypatch.setattr(softnce.engine, "train", counting_train)
+    monkeypatch.setattr(softnce.harness.trainer, "train", counting_train)
     assert _cv(data_dir, out, "--resume") == 0
     assert calls == [] and capsys.readouterr().out.count("finished, skipped") == 4
     # ... and only the missing one is trained again, with the same numbers as before
@@ -522,8 +522,8 @@ def test_summarize_cv_maps_rows_by_row_ids_not_order(data_dir: Path, tmp_path: P
 
 DDP_CTG_SCRIPT = """
 import sys
-from softnce.config import load_config
-from softnce.engine import train
+from softnce.harness.config import load_config
+from softnce.harness.trainer import train
 data, out = sys.argv[1], sys.argv[2]
 train(load_config(dataset="celltypegraph", data_path=data, loss="nll", model="gcn",
                   model_options={"hidden": 16}, epochs=1, max_steps=2, batch_size=1,
@@ -545,8 +545,8 @@ def test_two_process_eval_keeps_per_graph_scores(tmp_path: Path) -> None:
     import sys
 
     from _helpers import free_port
-    from softnce.config import load_config
-    from softnce.engine import Trainer
+    from softnce.harness.config import load_config
+    from softnce.harness.trainer import Trainer
 
     data_dir = tmp_path / "data"  # 15 stacks, 3 stages: 3 test graphs, ranks hold 2 and 1
     ctg.make_synthetic(data_dir, num_stacks=15, seed=2, **SMALL)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from softnce.cli import main
-from softnce.config import (
+from softnce.harness.config import (
     REPO_CONFIG_DIR,
     ConfigError,
     TrainConfig,

@@ -8,8 +8,13 @@ import json
 import pytest
 
 from softnce.cli import main
-from softnce.compare import COMPARE_PRESETS, PAPER_LOSSES, register_compare_preset, resolve_runs
-from softnce.config import REPO_CONFIG_DIR, ConfigError
+from softnce.experiments.compare import (
+    COMPARE_PRESETS,
+    PAPER_LOSSES,
+    register_compare_preset,
+    resolve_runs,
+)
+from softnce.harness.config import REPO_CONFIG_DIR, ConfigError
 
 
 def test_compare_quick_writes_report_files(tmp_path, capsys):
@@ -109,8 +114,24 @@ def test_resolve_runs_precedence_and_presets(tmp_path):
         COMPARE_PRESETS["synthetic"] = saved
 
 
-def test_repo_compare_config_matches_builtin_digits_preset(tmp_path):
-    from_file = resolve_runs(None, None, [0], str(REPO_CONFIG_DIR / "compare-digits.yaml"),
+def test_builtin_compare_presets_are_the_package_yaml_files(tmp_path):
+    """One home per recipe: every compare preset is a YAML file shipped in the package, and the
+    paper / CellTypeGraph presets point at the train presets instead of copying them."""
+    from softnce.harness.config import load_yaml
+
+    files = sorted((REPO_CONFIG_DIR / "compare").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"default", "digits", "mnist1d", "synthetic", "imagenet",
+                                       "tiny-imagenet", "cifar100", "celltypegraph"}
+    digits = resolve_runs("digits", None, [0], None, None, tmp_path)
+    from_file = resolve_runs(None, None, [0], str(REPO_CONFIG_DIR / "compare" / "digits.yaml"),
                              None, tmp_path)
-    builtin = resolve_runs("digits", None, [0], None, None, tmp_path)
-    assert [c.to_dict() for *_, c in from_file] == [c.to_dict() for *_, c in builtin]
+    assert [c.to_dict() for *_, c in from_file] == [c.to_dict() for *_, c in digits]
+    for ds in ("imagenet", "tiny-imagenet", "cifar100"):
+        runs = {n: c for n, _, c in resolve_runs(ds, None, [0], None, None, tmp_path)}
+        for loss, cfg in runs.items():
+            recipe = load_yaml(f"paper/{ds}-{loss}")
+            assert cfg.loss == recipe["loss"] and cfg.lr == recipe["lr"], (ds, loss)
+            assert cfg.mixup == recipe.get("mixup", 0.0) and cfg.dataset == ds
+    # a data set without a preset of its own gets compare/default.yaml
+    other = resolve_runs("cifar10", ["nll"], [0], None, None, tmp_path)
+    assert other[0][2].epochs == load_yaml("compare/default")["base"]["epochs"]

@@ -326,7 +326,7 @@ def test_chunked_stats_with_fewer_classes_than_k_and_float32():
 
 
 def test_head_eval_stats_feed_the_calibration_meter_like_full_logits():
-    from softnce.calibration import CalibrationMeter
+    from softnce.metrics import CalibrationMeter
 
     torch.manual_seed(0)
     head = LabelEmbeddingHead(8, 300, eval_chunk_size=37).double()

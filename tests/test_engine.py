@@ -1,4 +1,4 @@
-"""End-to-end tests of the training harness (softnce.engine) on the embedded data.
+"""End-to-end tests of the training harness (softnce.harness.trainer) on the embedded data.
 
 Every run pins torch to one CPU thread (``cpu_threads=1``): the models are tiny and the numbers
 must be reproducible between processes.
@@ -23,9 +23,10 @@ from torch.utils.data import TensorDataset
 
 from _helpers import free_port as _free_port
 from softnce import SoftTargets
-from softnce.config import ConfigError, load_config
 from softnce.data import DATASETS, DataBundle
-from softnce.engine import (
+from softnce.harness.config import ConfigError, load_config
+from softnce.harness.mixing import BatchTargetBuilder
+from softnce.harness.trainer import (
     KILL_ENV,
     LOSSES,
     NonFiniteLossError,
@@ -36,7 +37,6 @@ from softnce.engine import (
     truth_metrics,
 )
 from softnce.models import MODELS
-from softnce.targets_mixing import BatchTargetBuilder
 
 NONTIME = ("epoch", "step", "train_loss", "lr", "top1", "top5", "ece", "mce", "ace", "nll",
            "brier", "n")
@@ -88,7 +88,7 @@ def test_each_loss_beats_chance_on_digits(tmp_path, loss, extra):
 
 @pytest.mark.parametrize("negatives", ["queue", "sampled", "simplex"])
 def test_separated_negatives_modes_train(tmp_path, negatives):
-    from softnce.engine import build_loss
+    from softnce.harness.trainer import build_loss
 
     cfg = cfg_for(tmp_path, loss="soft-infonce", smoothing=0.1, mixup=0.2, epochs=2, lr=2e-3,
                   negatives=negatives, queue_size=256, num_negatives=64)
@@ -310,7 +310,7 @@ def test_user_tabular_data_from_data_path(tmp_path):
 
 # -------------------------------------------------------------------- soft targets
 def _cfg_ns(**kw):
-    from softnce.config import TrainConfig
+    from softnce.harness.config import TrainConfig
 
     c = TrainConfig()
     for k, v in kw.items():
@@ -365,8 +365,8 @@ def test_lr_schedule_warmup_then_cosine():
 DDP_SCRIPT = textwrap.dedent("""
     import hashlib, json, os, sys
     import torch
-    from softnce.config import load_config
-    from softnce.engine import Trainer
+    from softnce.harness.config import load_config
+    from softnce.harness.trainer import Trainer
     out = sys.argv[1]
     cfg = load_config(dataset="synthetic", loss="soft-infonce", smoothing=0.1, mixup=0.2,
                       epochs=1, max_steps=4, batch_size=32, cpu_threads=1, quiet=True,

@@ -16,9 +16,9 @@ from PIL import Image
 from timm.layers import resample_abs_pos_embed
 
 from softnce.cli import main as softnce_main
-from softnce.config import load_config
+from softnce.harness.config import CONFIG_DIR, load_config
 
-PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
+PAPER = CONFIG_DIR / "paper"
 DATASETS = ("imagenet", "tiny-imagenet", "cifar100")
 LOSSES = ("nll", "infonce", "soft-ce", "soft-infonce")
 CONFIGS = sorted(PAPER.glob("*.yaml"))
@@ -161,7 +161,7 @@ def test_compare_presets_equal_the_yaml_files():
     import dataclasses
 
     import softnce.data  # noqa: F401  (importing the data modules registers their presets)
-    from softnce.compare import resolve_runs
+    from softnce.experiments.compare import resolve_runs
 
     for path in CONFIGS:
         ds, loss = _split(path)

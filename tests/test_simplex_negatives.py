@@ -171,7 +171,7 @@ def test_recovers_continuous_categorical_parameter(mode):
     soft InfoNCE with simplex negatives is z = eta + c, while in-batch negatives (candidates from
     the marginal of alpha, whose log-density is not linear in alpha) are biased. Fit a free
     (2, C) logit table on many draws of two rows and compare centred logits with eta."""
-    from softnce.toy import sample_continuous_categorical
+    from softnce.experiments.toy import sample_continuous_categorical
 
     gen = torch.Generator().manual_seed(6)
     torch.manual_seed(6)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from softnce import SoftTargetInfoNCE
-from softnce.toy import (
+from softnce.experiments.toy import (
     APPLICABLE,
     DGPS,
     ESTIMATORS,

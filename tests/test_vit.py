@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from softnce.checkpoints import load_state_dict_file
 from softnce.models import MODELS, build_model
+from softnce.models.checkpoints import load_state_dict_file
 from softnce.models.vit import MLPHead, build_timm_classifier, load_finetune_checkpoint
 
 TINY = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}

@@ -812,30 +812,6 @@ def build_celltypegraph(cfg: Any) -> DataBundle:
     )
 
 
-#: ``softnce compare --dataset celltypegraph``: the GCN baseline's recipe (Adam, lr 1e-2, weight
-#: decay 1e-5, 1 graph per batch, 100 epochs; the harness decays the lr with a cosine, the
-#: benchmark's example keeps it constant). MixUp is not defined for graphs, so the soft losses
-#: get label smoothing only; ``*-annotators`` use the two experts' average as soft targets.
-COMPARE_BASE: dict[str, Any] = {
-    "model": "gcn", "epochs": 100, "batch_size": 1, "lr": 1e-2, "weight_decay": 1e-5,
-    "optimizer": "adam", "warmup_epochs": 0.0, "cpu_threads": 1,
-}
-COMPARE_LOSSES: dict[str, dict[str, Any]] = {
-    "soft-ce": {"loss": "soft-ce", "smoothing": 0.1, "mixup": 0.0},
-    "soft-infonce": {"loss": "soft-infonce", "noise": "prior", "smoothing": 0.1, "mixup": 0.0},
-    "soft-ce-annotators": {"loss": "soft-ce", "smoothing": 0.0, "mixup": 0.0,
-                           "dataset_options": {"soft_targets": "annotators"}},
-    "soft-infonce-annotators": {"loss": "soft-infonce", "noise": "prior", "smoothing": 0.0,
-                                "mixup": 0.0, "dataset_options": {"soft_targets": "annotators"}},
-}
-
-
-def _register_compare_preset() -> None:
-    from softnce.compare import register_compare_preset
-
-    register_compare_preset("celltypegraph", base=COMPARE_BASE, losses=COMPARE_LOSSES)
-
-
 # --------------------------------------------------------------------------------------------
 # synthetic data in exactly the benchmark's format
 # --------------------------------------------------------------------------------------------
@@ -1199,7 +1175,7 @@ def cv_loss_configs(config: str | None = None, losses: Sequence[str] | None = No
     ``{stem}-{loss}.yaml`` for ``losses`` (default nll, infonce, soft-ce, soft-infonce). Without
     ``config`` the base is ``configs/celltypegraph/{model}.yaml`` (``model`` default gcn).
     """
-    from softnce.config import find_preset, load_yaml
+    from softnce.harness.config import find_preset, load_yaml
 
     if config is not None and model is not None:
         raise CVError("give either --config or --model, not both")
@@ -1241,7 +1217,7 @@ def _run_is_finished(cfg: Any) -> bool:
     """A complete run of exactly ``cfg`` (same config.json) with its val_logits.pt."""
     import json
 
-    from softnce.engine import _config_diff
+    from softnce.harness.trainer import _config_diff
 
     out = Path(cfg.output_dir)
     try:
@@ -1270,19 +1246,19 @@ def run_cv(
     """The benchmark's cross-validation protocol in one call.
 
     For every loss config (:func:`cv_loss_configs`) and fold, resolve the run's config with
-    :func:`softnce.config.load_config` (``overrides`` are ``--set KEY=VALUE`` items; the fold is
-    set last as ``dataset_options.fold``), train it with :func:`softnce.engine.train` into
+    :func:`softnce.harness.config.load_config` (``overrides`` are ``--set KEY=VALUE`` items; the fold is
+    set last as ``dataset_options.fold``), train it with :func:`softnce.harness.trainer.train` into
     ``output_dir/<model>-<loss>/fold<k>``, then :func:`summarize_cv` the fold runs of each loss. With
     ``resume`` a finished run of the same config is skipped and an interrupted one resumes from
     its checkpoint (the harness's ``--resume``). Writes ``cv_summary.json`` and ``cv_report.md``
     under ``output_dir`` and returns the summary dict. Raises :class:`CVError`,
-    :class:`~softnce.config.ConfigError` or :class:`~softnce.data.DataError` on bad input.
+    :class:`~softnce.harness.config.ConfigError` or :class:`~softnce.data.DataError` on bad input.
     """
     import json
     import time
 
-    from softnce.config import load_config
-    from softnce.engine import train
+    from softnce.harness.config import load_config
+    from softnce.harness.trainer import train
 
     root = Path(data_path)
     if not root.is_dir():
@@ -1403,7 +1379,7 @@ def add_cli_arguments(ap: argparse.ArgumentParser) -> None:
     run = sub.add_parser(
         "cv", help="the whole 5-fold protocol: train every loss config on every fold through "
         "the harness, then print and write mean ± std over folds",
-        description="Train each loss config on each fold (softnce.engine.train, runs in "
+        description="Train each loss config on each fold (softnce.harness.trainer.train, runs in "
         "OUT/<model>-<loss>/fold<k>), then summarise (summarize_cv) into OUT/cv_summary.json and "
         "OUT/cv_report.md.")
     run.add_argument("--data-path", required=True, metavar="DIR", help="CellTypeGraph root")
@@ -1455,8 +1431,8 @@ def _run_cv_cli(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from softnce.config import ConfigError
-    from softnce.engine import NonFiniteLossError
+    from softnce.harness.config import ConfigError
+    from softnce.harness.trainer import NonFiniteLossError
 
     prog = "softnce celltypegraph cv"
     argv = getattr(args, "argv", None)
@@ -1501,7 +1477,6 @@ else:
     DATASETS.register("celltypegraph", help="CellTypeGraph ovule cell types (graph, 9 classes)")(
         build_celltypegraph
     )
-    _register_compare_preset()
 
 
 __all__ = [

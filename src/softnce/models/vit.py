@@ -358,10 +358,10 @@ def load_finetune_checkpoint(
     """Load pre-trained weights (MAE ``.pth``, timm ``.pth``/``.bin``, ``.safetensors``) into
     ``model`` for fine-tuning; see the module docstring for the exact steps.
 
-    The file is read with ``weights_only=True`` (:func:`softnce.checkpoints.load_state_dict_file`);
+    The file is read with ``weights_only=True`` (:func:`softnce.models.checkpoints.load_state_dict_file`);
     a checkpoint that would execute code is refused with a ``ValueError``.
     """
-    from softnce.checkpoints import load_state_dict_file
+    from softnce.models.checkpoints import load_state_dict_file
 
     sd = load_state_dict_file(path)
     sd, dropped, resized = filter_pretrained_state_dict(sd, model, interpolation)

@@ -1234,7 +1234,7 @@ def config_from_args(args: argparse.Namespace) -> ToyConfig:
     return replace(cfg, fit=fit, **over).validate()
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     """Run ``softnce toy`` for parsed arguments; returns the exit code."""
     try:
         config = config_from_args(args)
@@ -1289,10 +1289,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -m softnce.toy [options]`` (or ``softnce toy`` via the CLI)."""
+    """Entry point: ``python -m softnce.experiments.toy [options]`` (or ``softnce toy`` via the CLI)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args._command = " ".join(["python -m softnce.toy", *argv])
+    args._command = " ".join(["python -m softnce.experiments.toy", *argv])
     return run(args)
 
 

@@ -15,11 +15,9 @@ directory per loss and seed under ``runs/``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Any
 
 __all__ = [
     "COMPARE_PRESETS",
-    "DEFAULT_COMPARE_BASE",
+    "builtin_preset",
     "PAPER_LOSSES",
     "compare",
     "register_compare_preset",
@@ -50,11 +48,10 @@ PAPER_LOSSES: dict[str, dict[str, Any]] = {
     "soft-infonce": {"loss": "soft-infonce", "noise": "prior", "smoothing": 0.1, "mixup": 0.2},
 }
 
-#: Base settings of a data set without a preset.
-DEFAULT_COMPARE_BASE: dict[str, Any] = {"epochs": 30, "batch_size": 64, "lr": 2e-3,
-                                        "weight_decay": 0.05, "warmup_epochs": 1.0}
-
-#: ``dataset -> {"base": {...}, "losses": {name: {...}}}``.
+#: Presets registered from Python (:func:`register_compare_preset`):
+#: ``dataset -> {"base": {...}, "losses": {name: {...}}}``. They win over the built-in YAML
+#: presets ``softnce/configs/compare/<dataset>.yaml`` (``compare/default.yaml`` for a data set
+#: without one).
 COMPARE_PRESETS: dict[str, dict[str, Any]] = {}
 
 METRICS_MAIN = ("top1", "ece", "nll", "brier")
@@ -76,8 +73,6 @@ def register_compare_preset(dataset: str, base: Mapping[str, Any],
                                 "losses": {k: dict(v) for k, v in (losses or {}).items()}}
 
 
-register_compare_preset("digits", {"epochs": 30, "batch_size": 64, "lr": 2e-3,
-                                   "weight_decay": 0.05, "warmup_epochs": 1.0, "model": "mlp"})
 register_compare_preset("mnist1d", {"epochs": 30, "batch_size": 128, "lr": 3e-3,
                                     "weight_decay": 0.05, "warmup_epochs": 1.0, "model": "cnn"})
 register_compare_preset("synthetic", {"epochs": 20, "batch_size": 128, "lr": 2e-3,
@@ -95,6 +90,32 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def builtin_preset(dataset: str) -> dict[str, Any]:
+    """The built-in compare preset of ``dataset``: ``softnce/configs/compare/<dataset>.yaml``, or
+    ``compare/default.yaml`` for a data set without one (``{"base": ..., "losses": ...}``)."""
+    from softnce.harness.config import CONFIG_DIR, ConfigError, load_yaml
+
+    path = CONFIG_DIR / "compare" / f"{dataset}.yaml"
+    data = load_yaml(path if path.is_file() else CONFIG_DIR / "compare" / "default.yaml")
+    unknown = sorted(set(data) - {"base", "losses"})
+    if unknown:
+        raise ConfigError(f"compare preset {path}: unknown top-level key(s) {', '.join(unknown)}")
+    return {"base": dict(data.get("base") or {}), "losses": dict(data.get("losses") or {})}
+
+
+def _loss_entry(old: Mapping[str, Any], entry: Any, source: str) -> dict[str, Any]:
+    """A loss entry of a compare config: a mapping merged over ``old``, or the name of a train
+    preset (a full config, e.g. ``paper/imagenet-nll``) that replaces it."""
+    from softnce.harness.config import ConfigError, load_yaml
+
+    if isinstance(entry, str):
+        return load_yaml(entry)
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{source}: a loss entry must be a mapping or a preset name; found "
+                          f"{type(entry).__name__}")
+    return _merge(old, entry)
+
+
 def resolve_runs(
     dataset: str | None,
     losses: Sequence[str] | None = None,
@@ -104,8 +125,7 @@ def resolve_runs(
     output_dir: str | Path = DEFAULT_OUTPUT,
 ) -> list[tuple[str, int, Any]]:
     """``[(loss_name, seed, TrainConfig)]``: defaults < preset < config file < overrides."""
-    import softnce.data  # noqa: F401  (data set modules register their compare presets)
-    from softnce.config import ConfigError, load_yaml
+    from softnce.harness.config import ConfigError, load_yaml
 
     data: dict[str, Any] = {}
     if config_file:
@@ -116,20 +136,20 @@ def resolve_runs(
                               f"{', '.join(unknown)}; valid keys: base, losses")
     # an explicit dataset wins over the file's, which wins over the default
     dataset = dataset or (data.get("base") or {}).get("dataset") or "digits"
-    preset = COMPARE_PRESETS.get(dataset, {"base": DEFAULT_COMPARE_BASE, "losses": {}})
+    preset = COMPARE_PRESETS.get(dataset) or builtin_preset(dataset)
     loss_table = {k: dict(v) for k, v in PAPER_LOSSES.items()}
     for k, v in preset["losses"].items():
-        loss_table[k] = _merge(loss_table.get(k, {}), v)
+        loss_table[k] = _loss_entry(loss_table.get(k, {}), v, "compare preset " + dataset)
     base = _merge(preset["base"], data.get("base") or {})
     base["dataset"] = dataset
     for k, v in (data.get("losses") or {}).items():
-        loss_table[k] = _merge(loss_table.get(k, {}), v or {})
+        loss_table[k] = _loss_entry(loss_table.get(k, {}), v or {}, str(config_file))
     names = list(losses) if losses else list(PAPER_LOSSES)
     missing = [n for n in names if n not in loss_table]
     if missing:
         raise ConfigError(f"unknown compare loss(es) {', '.join(missing)}; valid choices: "
                           f"{', '.join(loss_table)}")
-    from softnce.config import TrainConfig
+    from softnce.harness.config import TrainConfig
 
     runs = []
     for name in names:
@@ -155,8 +175,8 @@ def compare(
     """Train every (loss, seed), aggregate, write the report; returns the summary dict."""
     from rich.console import Console
 
-    from softnce.config import ConfigError
-    from softnce.engine import train
+    from softnce.harness.config import ConfigError
+    from softnce.harness.trainer import train
 
     console = Console()
     if not console.is_terminal:  # log files / pipes: do not wrap the table at 80 columns
@@ -200,13 +220,13 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
                   command: str | None, console: Any) -> dict[str, Any]:
     import torch
 
-    from softnce.calibration import plot_reliability_diagram
-    from softnce.report import (
+    from softnce.experiments.report import (
         aggregate,
         markdown_table,
         plot_training_curves,
         print_compare_table,
     )
+    from softnce.metrics import plot_reliability_diagram
 
     stats: dict[str, dict[str, Any]] = {}
     for name, rs in results.items():
@@ -269,7 +289,7 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    from softnce.engine import LOSSES
+    from softnce.harness.trainer import LOSSES
 
     settings = {}
     for n, _s, c in runs:
@@ -311,60 +331,3 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
 
 
 # ------------------------------------------------------------------------------ CLI
-def _seeds(text: str) -> list[int]:
-    try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-            if not seeds or len(set(seeds)) != len(seeds):
-                raise argparse.ArgumentTypeError(f"--seeds list must hold distinct seeds; found "
-                                                 f"{text!r}")
-            return seeds
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds expects a count (3) or a list (0,1,2); found "
-                                         f"{text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--seeds must be >= 1; found {n}")
-    return list(range(n))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from softnce.cli import add_train_arguments
-
-    add_train_arguments(p, compare=True)
-    p.add_argument("--seeds", type=_seeds, default=None,
-                   help="number of seeds (0..n-1) or a comma list (default 3; --quick: 1)")
-    p.add_argument("--losses", default=None,
-                   help="comma list of configurations (default: nll,infonce,soft-ce,soft-infonce)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 2 epochs, 1 seed (explicit --epochs/--seeds win)")
-
-
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from softnce.config import ConfigError, parse_overrides
-    from softnce.data import DataError
-    from softnce.engine import NonFiniteLossError
-
-    argv = getattr(args, "argv", None)
-    command = "softnce " + " ".join(argv) if argv is not None else None
-    try:
-        overrides = parse_overrides(args.set)
-        for k in ("data_path", "model", "finetune", "head", "input_size", "epochs", "max_steps",
-                  "num_classes", "batch_size", "lr", "device"):
-            if hasattr(args, k):
-                overrides[k] = getattr(args, k)
-        seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-        if args.quick:
-            overrides.setdefault("epochs", 2)
-        losses = [s.strip() for s in args.losses.split(",")] if args.losses else None
-        compare(dataset=getattr(args, "dataset", None), losses=losses, seeds=seeds,
-                output_dir=getattr(args, "output_dir", DEFAULT_OUTPUT),
-                config_file=args.config, overrides=overrides,
-                resume=bool(getattr(args, "resume", False)),
-                quiet=bool(getattr(args, "quiet", False)), command=command)
-    except (ConfigError, DataError) as e:
-        parser.error(str(e))
-    except NonFiniteLossError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
-    return 0

@@ -1,21 +1,11 @@
-"""Command line: ``softnce train`` (one run), ``softnce compare`` (the paper's four losses).
-
-Bad input (unknown key or value, missing data set, a path that does not exist, an output
-directory holding a different run) ends with ``softnce <command>: error: ...`` on stderr and exit
-code 2, without a traceback. Further sub-commands plug in as modules ``softnce/cli_<name>.py``
-defining ``COMMAND``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
-"""
+"""Flags shared by the commands that train (``train``, ``compare``, ``study``)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
-import sys
-from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["build_parser", "main", "add_train_arguments", "config_from_args"]
+__all__ = ["TRAIN_FLAGS", "add_train_arguments", "config_from_args"]
 
 # Flags that map 1:1 onto TrainConfig fields (dest -> field).
 TRAIN_FLAGS = ("dataset", "data_path", "loss", "model", "finetune", "head", "input_size",
@@ -33,7 +23,7 @@ def _registered(kind: str) -> list[str]:
 
         return DATASETS.names()
     if kind == "loss":
-        from softnce.engine import LOSSES
+        from softnce.harness.losses import LOSSES
 
         return LOSSES.names()
     from softnce.models import MODELS
@@ -43,7 +33,7 @@ def _registered(kind: str) -> list[str]:
 
 def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> None:
     """The run flags shared by ``train`` (all) and ``compare`` (those that make sense there)."""
-    from softnce.config import HEAD_CHOICES, NEGATIVES_CHOICES, NOISE_CHOICES
+    from softnce.harness.config import HEAD_CHOICES, NEGATIVES_CHOICES, NOISE_CHOICES
 
     S = argparse.SUPPRESS
     p.add_argument("--config", metavar="FILE.yaml", default=None,
@@ -91,92 +81,10 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     """``TrainConfig`` from ``--config``, ``--set`` and the flags that were given."""
-    from softnce.config import load_config
+    from softnce.harness.config import load_config
 
     fields = {k: getattr(args, k) for k in TRAIN_FLAGS if hasattr(args, k)}
     fields.update(extra)
     return load_config(args.config, args.set, **fields)
 
 
-def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from softnce.config import ConfigError
-    from softnce.data import DataError
-    from softnce.engine import NonFiniteLossError, train
-
-    try:
-        cfg = config_from_args(args)
-    except (ConfigError, DataError) as e:
-        parser.error(str(e))
-    try:
-        summary = train(cfg)
-    except (ConfigError, DataError) as e:
-        parser.error(str(e))
-    except NonFiniteLossError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
-    if not cfg.quiet and summary.get("final"):
-        from softnce.report import print_run_summary
-
-        print_run_summary(summary)
-    return 0
-
-
-def _plugins() -> list[Any]:
-    import softnce
-
-    mods = []
-    for info in pkgutil.iter_modules(softnce.__path__):
-        if info.name.startswith("cli_"):
-            mods.append(importlib.import_module(f"softnce.{info.name}"))
-    return mods
-
-
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[Any, Any]]]:
-    """The parser and ``{command: (subparser, run_fn)}``."""
-    from softnce import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="softnce", formatter_class=_Formatter,
-        description="Soft-target InfoNCE: train and compare losses with calibration metrics.")
-    parser.add_argument("--version", action="version", version=f"softnce {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands: dict[str, tuple[Any, Any]] = {}
-
-    p_train = sub.add_parser(
-        "train", help="train one run", formatter_class=_Formatter,
-        description="Train one run. Every config key can be set in --config FILE.yaml or with "
-                    "--set KEY=VALUE; explicit flags win.",
-        epilog="example: softnce train --dataset digits --loss soft-infonce --epochs 30 "
-               "--seed 0 --output-dir runs/x")
-    add_train_arguments(p_train)
-    commands["train"] = (p_train, _run_train)
-
-    from softnce import compare
-
-    p_cmp = sub.add_parser("compare", help="train the paper's four losses and compare them",
-                           formatter_class=_Formatter, description=compare.DESCRIPTION)
-    compare.add_arguments(p_cmp)
-    commands["compare"] = (p_cmp, lambda a, p: compare.run(a, p))
-
-    for mod in _plugins():
-        p = sub.add_parser(mod.COMMAND, help=getattr(mod, "HELP", ""), formatter_class=_Formatter)
-        mod.add_arguments(p)
-        commands[mod.COMMAND] = (p, (lambda m: (lambda a, pp: m.run(a)))(mod))
-    return parser, commands
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``softnce`` command (returns the exit code)."""
-    parser, commands = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    if args.command is None:
-        parser.print_help()
-        return 2
-    sub, fn = commands[args.command]
-    return int(fn(args, sub) or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,8 +1,8 @@
-r"""The training loop behind ``softnce train``: one run from a :class:`~softnce.config.TrainConfig`.
+r"""The training loop behind ``softnce train``: one run from a :class:`~softnce.harness.config.TrainConfig`.
 
 ``train(cfg) -> summary`` builds the data set (``softnce.data.DATASETS``), the model
 (``softnce.models.build_model``), the loss (:func:`build_loss`) and the per-batch soft targets
-(:class:`~softnce.targets_mixing.BatchTargetBuilder`), then runs AdamW (timm
+(:class:`~softnce.harness.mixing.BatchTargetBuilder`), then runs AdamW (timm
 ``create_optimizer_v2``) with a per-step schedule
 
 .. math:: \eta_s = \eta \frac{s + 1}{W} \ (s < W), \qquad
@@ -26,34 +26,40 @@ Distributed (``torchrun``): DDP with a ``DistributedSampler``, metrics all-reduc
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import platform
-import random
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler, Sampler
 
-from softnce.config import RUNTIME_ONLY_KEYS, ConfigError, TrainConfig
-from softnce.data import DATASETS, DataBundle, DataError
-from softnce.registry import Registry
-from softnce.targets_mixing import (
+from softnce.data import DATASETS, DataError
+from softnce.harness.config import ConfigError, TrainConfig
+from softnce.harness.evaluation import truth_metrics
+from softnce.harness.losses import LOSSES, LossSpec, build_loss, noise_probs, register_loss  # noqa: F401
+from softnce.harness.mixing import (
     BatchTargetBuilder,
-    numpy_state_from_dict,
-    numpy_state_to_dict,
+)
+from softnce.harness.state import (  # noqa: F401
+    _atomic_write_text,
+    _batch_len,
+    _config_diff,
+    atomic_save,
+    git_commit,
+    lr_at,
+    move_to,
+    package_versions,
+    rng_state,
+    seed_everything,
+    set_rng_state,
 )
 
 __all__ = [
@@ -77,96 +83,6 @@ SAVE_LOGITS_LIMIT = 20_000_000  # N_val * C floats for save_val_logits="auto"
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (the last good checkpoint is kept)."""
 
-
-# ----------------------------------------------------------------------------- losses
-@dataclasses.dataclass
-class LossSpec:
-    """A registered loss: ``build(cfg, bundle) -> nn.Module`` and what targets it takes."""
-
-    build: Callable[[TrainConfig, DataBundle], nn.Module]
-    targets: str  # "hard": (N,) int64 labels; "soft": dense / SoftTargets
-    uses_negatives: bool = False
-    doc: str | None = None
-
-    def __call__(self, cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-        return self.build(cfg, bundle)
-
-
-LOSSES: Registry[LossSpec] = Registry("loss")
-
-
-def register_loss(
-    name: str, targets: str = "soft", uses_negatives: bool = False, help: str = ""
-) -> Callable[[Callable], Callable]:
-    """Decorator registering ``build(cfg, bundle) -> nn.Module`` as loss ``name``.
-
-    ``targets="hard"``: the module gets (N,) int64 labels; ``"soft"``: dense (N, C) or
-    ``SoftTargets``. ``uses_negatives``: the loss honours ``cfg.negatives``.
-    """
-    if targets not in ("hard", "soft"):
-        raise ValueError(f"targets must be 'hard' or 'soft'; found {targets!r}")
-
-    def deco(fn: Callable) -> Callable:
-        LOSSES.register(name, help=help or (fn.__doc__ or "").strip().split("\n")[0])(
-            LossSpec(fn, targets, uses_negatives, fn.__doc__)
-        )
-        return fn
-
-    return deco
-
-
-def noise_probs(cfg: TrainConfig, bundle: DataBundle) -> torch.Tensor | None:
-    """The InfoNCE noise distribution: ``class_prior(train labels)`` or ``None`` (uniform)."""
-    if cfg.noise == "uniform":
-        return None
-    from softnce import class_prior
-
-    return class_prior(bundle.train_labels, bundle.num_classes)
-
-
-def _infonce_kwargs(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
-    # "simplex" negatives come from a Dirichlet density whose exact log-density is the
-    # correction, so no class noise distribution applies there.
-    simplex = cfg.negatives == "simplex"
-    kw = dict(noise_probs=None if simplex else noise_probs(cfg, bundle),
-              temperature=cfg.temperature, negatives=cfg.negatives, queue_size=cfg.queue_size,
-              num_negatives=cfg.num_negatives, gather_distributed=cfg.gather_distributed)
-    if simplex:
-        kw["simplex_concentration"] = cfg.simplex_concentration
-    return kw
-
-
-@register_loss("nll", targets="hard", help="hard labels, torch.nn.CrossEntropyLoss")
-def _nll(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-    return nn.CrossEntropyLoss()
-
-
-@register_loss("infonce", targets="hard", uses_negatives=True,
-               help="hard labels, InfoNCE with the noise distribution (prior/uniform)")
-def _infonce(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-    from softnce import InfoNCE
-
-    return InfoNCE(**_infonce_kwargs(cfg, bundle))
-
-
-@register_loss("soft-ce", targets="soft", help="soft targets, SoftTargetCrossEntropy")
-def _soft_ce(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-    from softnce import SoftTargetCrossEntropy
-
-    return SoftTargetCrossEntropy(temperature=cfg.temperature)
-
-
-@register_loss("soft-infonce", targets="soft", uses_negatives=True,
-               help="soft targets, SoftTargetInfoNCE with the noise distribution")
-def _soft_infonce(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-    from softnce import SoftTargetInfoNCE
-
-    return SoftTargetInfoNCE(**_infonce_kwargs(cfg, bundle))
-
-
-def build_loss(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-    """The loss module for ``cfg.loss`` (see :data:`LOSSES`)."""
-    return LOSSES.get(cfg.loss)(cfg, bundle)
 
 
 # ---------------------------------------------------------------------------- samplers
@@ -200,121 +116,6 @@ class ShardSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world))
 
-
-# ----------------------------------------------------------------------------- helpers
-def move_to(obj: Any, device: torch.device) -> Any:
-    """Move tensors (in tuples / lists / dicts) or objects with ``.to`` to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (list, tuple)):
-        moved = [move_to(o, device) for o in obj]
-        return type(obj)(moved) if isinstance(obj, list) else tuple(moved)
-    if isinstance(obj, dict):
-        return {k: move_to(v, device) for k, v in obj.items()}
-    if hasattr(obj, "to") and callable(obj.to):
-        return obj.to(device)
-    return obj
-
-
-def _batch_len(labels: torch.Tensor) -> int:
-    return int(labels.shape[0])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python / numpy / torch / CUDA RNG states as tensors and plain python."""
-    version, internal, gauss = random.getstate()
-    state = {
-        "python": [version, list(internal), gauss],
-        "numpy": numpy_state_to_dict(np.random.get_state()),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(numpy_state_from_dict(state["numpy"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path.tmp``, fsync, then ``os.replace`` (never a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (``+dirty`` if modified), or None outside a git checkout."""
-    root = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=5)
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def package_versions() -> dict[str, str | None]:
-    import importlib.metadata as md
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("softnce", "torch", "timm", "numpy", "scikit-learn", "torchvision",
-                 "torch-geometric", "mnist1d"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """Linear warm-up then cosine decay to ``min_lr`` (see the module docstring)."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = min(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    frac = (step - warm) / max(1, total - warm)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
-
-
-def truth_metrics(logits: torch.Tensor, true_probs: torch.Tensor, temperature: float) -> dict:
-    r"""Calibration against a known ``p*(y|x)``: ``kl_to_truth`` = mean KL(p* || p),
-    ``ece_to_truth`` = mean ``|max_c p_c - p*(argmax p)|``, ``bayes_top1`` = mean ``max_c p*_c``
-    (the accuracy of the Bayes classifier)."""
-    logp = F.log_softmax(logits.double() / temperature, dim=1)
-    pt = true_probs.double()
-    kl = (pt * (pt.clamp_min(1e-300).log() - logp)).sum(1)
-    conf, pred = logp.exp().max(1)
-    return {
-        "kl_to_truth": float(kl.mean()),
-        "ece_to_truth": float((conf - pt.gather(1, pred[:, None]).squeeze(1)).abs().mean()),
-        "bayes_top1": float(pt.max(1).values.mean()),
-    }
 
 
 class _ForwardLoss(nn.Module):
@@ -438,7 +239,7 @@ class Trainer:
             raise ConfigError(f"loss {cfg.loss!r} on dataset {cfg.dataset!r}: {e}") from e
 
     def _load_finetune(self, path: str) -> None:
-        from softnce.checkpoints import load_state_dict_file
+        from softnce.models.checkpoints import load_state_dict_file
 
         try:
             sd = load_state_dict_file(path)
@@ -790,7 +591,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], torch.Tensor | None, torch.Tensor | None]:
         """Metrics on the validation split (all ranks) and, if kept, the gathered logits."""
-        from softnce.calibration import CalibrationMeter
+        from softnce.metrics import CalibrationMeter
 
         cfg, b = self.cfg, self.bundle
         model = self.ema.module if self.ema is not None else self.model
@@ -978,11 +779,6 @@ class _NullProgress:
 def _fmt_epoch(epoch: float) -> str:
     return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.2f}"
 
-
-def _config_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    now_plain = json.loads(json.dumps(now, default=str))
-    keys = (set(saved) | set(now_plain)) - RUNTIME_ONLY_KEYS
-    return sorted(k for k in keys if saved.get(k) != now_plain.get(k))
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:

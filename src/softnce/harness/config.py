@@ -26,11 +26,15 @@ __all__ = [
     "load_config",
     "load_yaml",
     "parse_overrides",
+    "CONFIG_DIR",
     "REPO_CONFIG_DIR",
 ]
 
-#: ``configs/`` of a source checkout (``src/softnce/config.py`` -> ``<repo>/configs``).
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The built-in presets: YAML files shipped inside the package (``softnce/configs/``), so
+#: ``--config NAME`` works from a wheel install, in any folder.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: Old name of :data:`CONFIG_DIR` (the presets used to live in the repository root).
+REPO_CONFIG_DIR = CONFIG_DIR
 
 #: Image augmentation options (nested ``augment:`` dict) and their defaults.
 AUGMENT_DEFAULTS: dict[str, Any] = {
@@ -331,7 +335,7 @@ def _check_ranges(c: TrainConfig) -> None:
 
 def _check_names(c: TrainConfig) -> None:
     from softnce.data import DATASETS
-    from softnce.engine import LOSSES
+    from softnce.harness.losses import LOSSES
     from softnce.models import MODELS
     from softnce.models.basic import HEADS
 
@@ -365,7 +369,7 @@ def _check_names(c: TrainConfig) -> None:
 
 
 def _check_combinations(c: TrainConfig) -> None:
-    from softnce.engine import LOSSES
+    from softnce.harness.losses import LOSSES
 
     spec = LOSSES.get(c.loss)
     if spec.targets == "hard":
@@ -389,16 +393,19 @@ def _check_combinations(c: TrainConfig) -> None:
 
 # ---------------------------------------------------------------------- YAML I/O
 def find_preset(name: str) -> Path:
-    """A config file: an existing path, or a preset name under the repository's ``configs/``."""
+    """A config file: an existing path, or the name of a built-in preset (``softnce/configs/``,
+    e.g. ``digits-soft-infonce`` or ``paper/imagenet-nll``)."""
     p = Path(name).expanduser()
     if p.is_file():
         return p
-    for cand in (REPO_CONFIG_DIR / name, REPO_CONFIG_DIR / f"{name}.yaml"):
+    # "configs/paper/x.yaml" (the presets' old place in the repository) names a built-in too
+    rel = name[len("configs/"):] if name.startswith("configs/") else name
+    for cand in (CONFIG_DIR / rel, CONFIG_DIR / f"{rel}.yaml"):
         if cand.is_file():
             return cand
-    presets = sorted(q.stem for q in REPO_CONFIG_DIR.glob("*.yaml")) if REPO_CONFIG_DIR.is_dir() \
+    presets = sorted(str(q.relative_to(CONFIG_DIR).with_suffix("")) for q in CONFIG_DIR.rglob("*.yaml")) if CONFIG_DIR.is_dir() \
         else []
-    hint = f"; presets in {REPO_CONFIG_DIR}: {', '.join(presets)}" if presets else ""
+    hint = f"; presets in {CONFIG_DIR}: {', '.join(presets)}" if presets else ""
     raise ConfigError(f"config file {name!r} not found{hint}")
 
 
