@@ -107,7 +107,7 @@ def test_unknown_values_and_options_fail_at_once(tmp_path, capsys):
     assert_usage_error(rc, err, "unknown augment option", "reprob")
     rc, _, err = run_cli(["train", "--dataset", "digits", "--output-dir", str(tmp_path / "o"),
                           "--set", "dataset_options.nope=1", *FAST], capsys)
-    assert_usage_error(rc, err, "unknown dataset_options 'nope'", "val_fraction")
+    assert_usage_error(rc, err, "unknown dataset_options 'nope'", "calibration_fraction")
     rc, _, err = run_cli(["train", "--dataset", "digits", "--output-dir", str(tmp_path / "m"),
                           "--set", "model_options.width=3", *FAST], capsys)
     assert_usage_error(rc, err, "unknown model_options 'width'", "hidden")
@@ -152,10 +152,10 @@ def test_output_dir_that_cannot_be_created(tmp_path, capsys):
 def test_config_file_is_overridden_by_set_and_flags(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dataset: digits\nepochs: 7\nlr: 1e-2\nbatch_size: 16\nseed: 3\n"
-                   "dataset_options: {val_fraction: 0.25}\n")
+                   "dataset_options: {calibration_fraction: 0.25}\n")
     c = load_config(cfg, ["batch_size=32", "dataset_options.split_seed=1"], epochs=2)
     assert (c.epochs, c.lr, c.batch_size, c.seed) == (2, 0.01, 32, 3)
-    assert c.dataset_options == {"val_fraction": 0.25, "split_seed": 1}
+    assert c.dataset_options == {"calibration_fraction": 0.25, "split_seed": 1}
     # the same through the command line, checked in the saved config
     out = tmp_path / "run"
     rc, _, _ = run_cli(["train", "--config", str(cfg), "--epochs", "1", "--max-steps", "2",

@@ -28,13 +28,19 @@ def test_compare_quick_writes_report_files(tmp_path, capsys):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "digits" and summary["seeds"] == [0, 1]
+    assert summary["split"] == "test" and summary["reference"] == "soft-ce"
+    assert {(p["config"], p["metric"]) for p in summary["paired"]} >= {
+        ("soft-infonce", "ece"), ("soft-infonce", "ece_ts"), ("nll", "top1")}
+    assert all(p["verdict"] in ("holds", "does not hold", "inconclusive")
+               for p in summary["paired"])
     assert list(summary["losses"]) == list(PAPER_LOSSES)
     for name, s in summary["losses"].items():
         for m in ("top1", "ece", "nll", "brier"):
             assert m in s["mean"] and m in s["std"]
         assert len(s["runs"]) == 2 and s["n_seeds"] == 2
-        tops = [r["final"]["top1"] for r in s["runs"]]
+        tops = [r["test"]["top1"] for r in s["runs"]]  # the held-out test split
         assert s["mean"]["top1"] == pytest.approx(sum(tops) / 2)
+        assert "ece_ts" in s["mean"] and "temperature_ts" in s["mean"] and len(s["ci"]["ece"]) == 2
         assert s["mean"]["top1"] > 0.5, name  # one epoch already far above chance (0.1)
     report = (out / "report.md").read_text()
     assert report.startswith("# softnce compare: digits")

@@ -65,7 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     sub, fn = commands[args.command]
-    return int(fn(args, sub) or 0)
+    from softnce._optional import MissingDependencyError
+
+    try:
+        return int(fn(args, sub) or 0)
+    except MissingDependencyError as e:
+        sub.error(str(e))
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="number of seeds (0..n-1) or a comma list (default 3; --quick: 1)")
     p.add_argument("--losses", default=None,
                    help="comma list of configurations (default: nll,infonce,soft-ce,soft-infonce)")
+    p.add_argument("--reference", default="soft-ce", metavar="NAME",
+                   help="configuration the paired differences are taken against (default soft-ce)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 2 epochs, 1 seed (explicit --epochs/--seeds win)")
 
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 output_dir=getattr(args, "output_dir", DEFAULT_OUTPUT),
                 config_file=args.config, overrides=overrides,
                 resume=bool(getattr(args, "resume", False)),
-                quiet=bool(getattr(args, "quiet", False)), command=command)
+                quiet=bool(getattr(args, "quiet", False)), command=command,
+                reference=args.reference)
     except (ConfigError, DataError) as e:
         parser.error(str(e))
     except NonFiniteLossError as e:

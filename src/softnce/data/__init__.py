@@ -66,6 +66,14 @@ class DataBundle:
         val_true_probs: optional ``(N_val, C)`` true ``p(y|x)`` for the validation split (in the
             order of ``val``), for generated data: the harness then also reports calibration
             against the truth.
+        test_true_probs: the same for the ``test`` split.
+        splits: the number of samples in each split, e.g. ``{"train": 1077, "calibration": 360,
+            "test": 360}``, and how they were made (recorded in the run's summary).
+
+    Split protocol: ``val`` is the *calibration* split (per-epoch evaluation, model selection,
+    temperature scaling); ``test`` is held out and only scored at the end of a run. Embedded
+    data sets make a fixed, seeded, stratified three-way split; data sets that come with only
+    train and test carve the calibration split from the training set.
     """
 
     name: str
@@ -83,6 +91,8 @@ class DataBundle:
     extra: dict[str, Any] = field(default_factory=dict)
     default_model: str | None = None
     val_true_probs: torch.Tensor | None = None
+    test_true_probs: torch.Tensor | None = None
+    splits: dict[str, Any] = field(default_factory=dict)
 
 
 def _import_builtin_modules() -> None:

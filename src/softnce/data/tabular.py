@@ -1,7 +1,8 @@
 r"""Vector data sets that need no download: ``digits``, ``mnist1d``, ``synthetic``, ``tabular``.
 
 * ``digits``: scikit-learn's handwritten digits (1,797 8x8 images, 10 classes, shipped inside
-  scikit-learn), a stratified train/val split.
+  scikit-learn), a fixed, seeded, stratified train / calibration / test split (60/20/20);
+  ``wine`` and ``breast-cancer``: scikit-learn's other bundled classification sets, split alike.
 * ``mnist1d``: MNIST-1D generated offline from its templates with the ``mnist1d`` package's own
   generator (``get_templates()`` + ``make_dataset(args)``; never its download URL).
 * ``synthetic``: a Gaussian class-conditional model with a known ``p(y|x)``:
@@ -18,6 +19,8 @@ r"""Vector data sets that need no download: ``digits``, ``mnist1d``, ``synthetic
   the column named ``label`` or ``y``, else the last column).
 
 Inputs are standardised with the training split's per-feature mean and standard deviation.
+Every bundle's ``val`` is the calibration split and ``test`` the held-out test split (see
+:class:`~softnce.data.DataBundle`); ``dataset_options.label_noise`` corrupts training labels.
 """
 
 from __future__ import annotations
@@ -62,11 +65,89 @@ def _check_num_classes(cfg: Any, name: str, c: int) -> None:
 
 
 def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Sorted ``(keep, held_out)`` index arrays, stratified by ``y`` (classes too small to
+    stratify fall back to a plain seeded split)."""
+    from softnce._optional import require
+
+    require("sklearn", "train", "the stratified splits of the embedded data sets")
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
-    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=y)
+    counts = np.bincount(y.astype(np.int64)) if len(y) else np.zeros(0)
+    n_out = int(np.ceil(val_fraction * len(y)))
+    strat = y if (counts[counts > 0].min(initial=2) >= 2 and n_out >= (counts > 0).sum()
+                  and len(y) - n_out >= (counts > 0).sum()) else None
+    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=strat)
     return np.sort(tr), np.sort(va)
+
+
+def three_way_split(y: np.ndarray, calibration_fraction: float, test_fraction: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed, seeded, stratified ``(train, calibration, test)`` indices; fractions of the whole."""
+    rest, test = _stratified_split(y, test_fraction, seed)
+    tr, cal = _stratified_split(y[rest], calibration_fraction / (1.0 - test_fraction), seed + 1)
+    return rest[tr], rest[cal], test
+
+
+def apply_label_noise(y: np.ndarray, rate: float, num_classes: int, seed: int) -> np.ndarray:
+    """Symmetric label noise: each label is replaced, with probability ``rate``, by one of the
+    *other* ``C - 1`` classes drawn uniformly (seeded; used on training labels only)."""
+    if rate <= 0:
+        return y
+    rng = np.random.default_rng(seed)
+    flip = rng.random(len(y)) < rate
+    shift = rng.integers(1, num_classes, size=len(y))
+    out = y.copy()
+    out[flip] = (y[flip] + shift[flip]) % num_classes
+    return out
+
+
+#: Split options every embedded vector data set accepts (``dataset_options``).
+SPLIT_DEFAULTS: dict[str, Any] = {"calibration_fraction": 0.2, "test_fraction": 0.2,
+                                  "split_seed": 0, "label_noise": 0.0, "label_noise_seed": 0}
+
+
+def _split_options(o: dict[str, Any], carve: bool = False) -> tuple[float, float, int]:
+    lo = 0.0 if carve else 0.05
+    cal = _num("calibration_fraction", o["calibration_fraction"], lo, 0.9)
+    test = _num("test_fraction", o["test_fraction"], 0.05, 0.9) if "test_fraction" in o else 0.0
+    if cal + test > 0.9:
+        raise DataError(f"dataset_options calibration_fraction + test_fraction must be <= 0.9; "
+                        f"found {cal} + {test}")
+    _num("label_noise", o["label_noise"], 0.0, 0.95)
+    _num("label_noise_seed", o["label_noise_seed"], 0, integer=True)
+    return cal, test, _num("split_seed", o["split_seed"], 0, integer=True)
+
+
+def split_bundle(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, o: dict[str, Any],
+                 true_probs: np.ndarray | None = None, **kw: Any) -> DataBundle:
+    """Three-way split of one pool of data (train / calibration / test) into a bundle."""
+    cal, test, seed = _split_options(o)
+    tr, ca, te = three_way_split(y, cal, test, seed)
+    tp = (lambda idx: None) if true_probs is None else (lambda idx: true_probs[idx])
+    return vector_bundle(name, x[tr], y[tr], x[ca], y[ca], num_classes, x_test=x[te],
+                         y_test=y[te], val_true_probs=tp(ca), test_true_probs=tp(te),
+                         label_noise=(o["label_noise"], o["label_noise_seed"]),
+                         split_info={"split": "stratified three-way", "split_seed": seed}, **kw)
+
+
+def carve_bundle(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                 y_test: np.ndarray, num_classes: int, o: dict[str, Any],
+                 **kw: Any) -> DataBundle:
+    """A data set that comes as train + test: the calibration split is carved (seeded,
+    stratified) from the training set; ``calibration_fraction: 0`` turns that off (the
+    calibration split is then the test split, as in the papers' protocols)."""
+    cal, _, seed = _split_options(o, carve=True)
+    noise = (o["label_noise"], o["label_noise_seed"])
+    if cal == 0:
+        return vector_bundle(name, x_train, y_train, x_test, y_test, num_classes, x_test=x_test,
+                             y_test=y_test, label_noise=noise,
+                             split_info={"split": "given train/test; calibration = test"}, **kw)
+    tr, ca = _stratified_split(y_train, cal, seed)
+    return vector_bundle(name, x_train[tr], y_train[tr], x_train[ca], y_train[ca], num_classes,
+                         x_test=x_test, y_test=y_test, label_noise=noise,
+                         split_info={"split": "given train/test; calibration carved from train",
+                                     "calibration_fraction": cal, "split_seed": seed}, **kw)
 
 
 def vector_bundle(
@@ -77,15 +158,29 @@ def vector_bundle(
     y_val: np.ndarray,
     num_classes: int,
     standardize: bool = True,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    label_noise: tuple[float, int] = (0.0, 0),
+    split_info: dict[str, Any] | None = None,
     **kw: Any,
 ) -> DataBundle:
-    """A :class:`DataBundle` of float32 tensors (standardised with the train statistics)."""
+    """A :class:`DataBundle` of float32 tensors (standardised with the train statistics).
+
+    ``val`` is the calibration split, ``x_test``/``y_test`` the held-out test split;
+    ``label_noise = (rate, seed)`` corrupts the training labels only (:func:`apply_label_noise`).
+    """
+    if label_noise[0] > 0:
+        y_train = apply_label_noise(np.asarray(y_train), float(label_noise[0]), num_classes,
+                                    int(label_noise[1]))
     xt = torch.as_tensor(np.asarray(x_train), dtype=torch.float32)
     xv = torch.as_tensor(np.asarray(x_val), dtype=torch.float32)
     yt = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
     yv = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
-    for split, y in (("train", yt), ("val", yv)):
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+    has_test = x_test is not None
+    xs = torch.as_tensor(np.asarray(x_test), dtype=torch.float32) if has_test else None
+    ys = torch.as_tensor(np.asarray(y_test), dtype=torch.long) if has_test else None
+    for split, y in (("train", yt), ("val", yv), ("test", ys)):
+        if y is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise DataError(f"{name}: {split} labels must lie in [0, {num_classes - 1}]; found "
                             f"[{int(y.min())}, {int(y.max())}]")
     extra = dict(kw.pop("extra", {}) or {})
@@ -93,16 +188,28 @@ def vector_bundle(
         mean = xt.mean(dim=0, keepdim=True)
         std = xt.std(dim=0, keepdim=True).clamp_min(1e-6)
         xt, xv = (xt - mean) / std, (xv - mean) / std
+        xs = (xs - mean) / std if xs is not None else None
         extra.update(mean=mean.squeeze(0), std=std.squeeze(0))
+    for key in ("val_true_probs", "test_true_probs"):
+        if kw.get(key) is not None:
+            kw[key] = torch.as_tensor(np.asarray(kw[key]), dtype=torch.float32)
+    splits = {"train": len(yt), "calibration": len(yv)}
+    if ys is not None:
+        splits["test"] = len(ys)
+    splits.update(split_info or {})
+    if label_noise[0] > 0:
+        splits.update(label_noise=float(label_noise[0]), label_noise_seed=int(label_noise[1]))
     return DataBundle(
         name=name,
         kind="tabular",
         train=TensorDataset(xt, yt),
         val=TensorDataset(xv, yv),
+        test=TensorDataset(xs, ys) if xs is not None else None,
         num_classes=num_classes,
         input_shape=tuple(xt.shape[1:]),
         train_labels=yt,
         extra=extra,
+        splits=splits,
         **kw,
     )
 
@@ -110,18 +217,43 @@ def vector_bundle(
 # ---------------------------------------------------------------------------- digits
 @DATASETS.register("digits", help="scikit-learn handwritten digits (8x8, 10 classes, embedded)")
 def build_digits(cfg: Any) -> DataBundle:
-    """Options: ``val_fraction`` (0.2), ``split_seed`` (0; the split does not follow ``seed``)."""
+    """Options (:data:`SPLIT_DEFAULTS`): ``calibration_fraction`` (0.2), ``test_fraction`` (0.2),
+    ``split_seed`` (0; the split does not follow ``seed``), ``label_noise`` (0).
+    Train / calibration / test = 1077 / 360 / 360."""
     from sklearn.datasets import load_digits
 
-    o = _options("digits", cfg, {"val_fraction": 0.2, "split_seed": 0})
+    o = _options("digits", cfg, SPLIT_DEFAULTS)
     _check_num_classes(cfg, "digits", 10)
     d = load_digits()
     x, y = d.data.astype(np.float32) / 16.0, d.target.astype(np.int64)
-    tr, va = _stratified_split(y, _num("val_fraction", o["val_fraction"], 0.05, 0.9),
-                               _num("split_seed", o["split_seed"], 0, integer=True))
-    return vector_bundle("digits", x[tr], y[tr], x[va], y[va], 10, default_model="mlp",
-                         class_names=[str(i) for i in range(10)],
-                         extra={"image_shape": (1, 8, 8)})
+    return split_bundle("digits", x, y, 10, o, default_model="mlp",
+                        class_names=[str(i) for i in range(10)],
+                        extra={"image_shape": (1, 8, 8)})
+
+
+def _sklearn_bundle(name: str, loader: str, cfg: Any) -> DataBundle:
+    import sklearn.datasets
+
+    o = _options(name, cfg, SPLIT_DEFAULTS)
+    d = getattr(sklearn.datasets, loader)()
+    x, y = d.data.astype(np.float32), d.target.astype(np.int64)
+    c = int(y.max()) + 1
+    _check_num_classes(cfg, name, c)
+    return split_bundle(name, x, y, c, o, default_model="mlp",
+                        class_names=[str(n) for n in d.target_names])
+
+
+@DATASETS.register("wine", help="scikit-learn wine recognition (178 x 13, 3 classes, embedded)")
+def build_wine(cfg: Any) -> DataBundle:
+    """scikit-learn's bundled wine data; options as ``digits``."""
+    return _sklearn_bundle("wine", "load_wine", cfg)
+
+
+@DATASETS.register("breast-cancer",
+                   help="scikit-learn breast cancer Wisconsin (569 x 30, 2 classes, embedded)")
+def build_breast_cancer(cfg: Any) -> DataBundle:
+    """scikit-learn's bundled breast-cancer data; options as ``digits``."""
+    return _sklearn_bundle("breast-cancer", "load_breast_cancer", cfg)
 
 
 # --------------------------------------------------------------------------- mnist1d
@@ -133,6 +265,9 @@ _MNIST1D_DEFAULTS = {"num_samples": 5000, "train_split": 0.8, "seed": 42, "templ
 
 @functools.lru_cache(maxsize=4)
 def _mnist1d_arrays(items: tuple) -> tuple[np.ndarray, ...]:
+    from softnce._optional import require
+
+    require("mnist1d", "train", "dataset 'mnist1d'")
     from mnist1d.data import get_dataset_args, get_templates, make_dataset
     from mnist1d.utils import ObjectView
 
@@ -151,21 +286,26 @@ def _mnist1d_arrays(items: tuple) -> tuple[np.ndarray, ...]:
 
 @DATASETS.register("mnist1d", help="MNIST-1D generated offline with the mnist1d package")
 def build_mnist1d(cfg: Any) -> DataBundle:
-    """Options: the ``mnist1d`` generator arguments (``num_samples`` 5000, ``seed`` 42, ...)."""
-    o = _options("mnist1d", cfg, _MNIST1D_DEFAULTS)
+    """Options: the ``mnist1d`` generator arguments (``num_samples`` 5000, ``seed`` 42, ...; its
+    own train/test split, 4000 / 1000) and the split options (the calibration split, 20% by
+    default, is carved from the generator's training set: 3200 / 800 / 1000)."""
+    split = {k: v for k, v in SPLIT_DEFAULTS.items() if k != "test_fraction"}
+    o = _options("mnist1d", cfg, {**_MNIST1D_DEFAULTS, **split})
     _check_num_classes(cfg, "mnist1d", 10)
+    gen = {k: v for k, v in o.items() if k not in split}
     _num("num_samples", o["num_samples"], 20, integer=True)
     _num("train_split", o["train_split"], 0.05, 0.95)
-    items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in o.items()))
-    xt, yt, xv, yv = _mnist1d_arrays(items)
-    return vector_bundle("mnist1d", xt, yt, xv, yv, 10, default_model="cnn",
-                         class_names=[str(i) for i in range(10)])
+    items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in gen.items()))
+    xt, yt, xs, ys = _mnist1d_arrays(items)
+    return carve_bundle("mnist1d", xt, yt.astype(np.int64), xs, ys.astype(np.int64), 10, o,
+                        default_model="cnn", class_names=[str(i) for i in range(10)])
 
 
 # ------------------------------------------------------------------------- synthetic
 def make_synthetic(
     n_train: int = 4000,
     n_val: int = 2000,
+    n_test: int = 0,
     dim: int = 16,
     num_classes: int = 10,
     sigma: float = 1.0,
@@ -173,7 +313,8 @@ def make_synthetic(
     imbalance: float = 4.0,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    r"""Sample the Gaussian model; returns ``x``, ``y`` and the true ``p(y|x)`` for both splits.
+    r"""Sample the Gaussian model; returns ``x``, ``y`` and the true ``p(y|x)`` of each split
+    (``*_train``, ``*_val``, and ``*_test`` when ``n_test > 0``).
 
     Class means ``mu_c ~ N(0, separation^2 I / dim)`` (scaled so ``E||mu||^2 = separation^2``);
     ``p(y|x) = softmax(mu_c . x / sigma^2 - ||mu_c||^2 / (2 sigma^2) + log pi_c)``.
@@ -195,21 +336,28 @@ def make_synthetic(
 
     xt, yt, pt = sample(n_train)
     xv, yv, pv = sample(n_val)
-    return {"x_train": xt, "y_train": yt, "p_train": pt, "x_val": xv, "y_val": yv, "p_val": pv,
-            "pi": pi, "mu": mu}
+    out = {"x_train": xt, "y_train": yt, "p_train": pt, "x_val": xv, "y_val": yv, "p_val": pv,
+           "pi": pi, "mu": mu}
+    if n_test > 0:  # drawn after the others, so n_test does not change the train / val draws
+        out["x_test"], out["y_test"], out["p_test"] = sample(n_test)
+    return out
 
 
 @DATASETS.register("synthetic", help="Gaussian classes with known p(y|x) (calibration truth)")
 def build_synthetic(cfg: Any) -> DataBundle:
-    """Options: ``n_train`` (4000), ``n_val`` (2000), ``dim`` (16), ``sigma`` (1.0; label
-    uncertainty), ``separation`` (1.5), ``imbalance`` (4.0; ``max pi / min pi``), ``seed`` (0;
-    the data do not follow the training seed). ``--num-classes`` sets C (default 10)."""
-    o = _options("synthetic", cfg, {"n_train": 4000, "n_val": 2000, "dim": 16, "sigma": 1.0,
-                                    "separation": 1.5, "imbalance": 4.0, "seed": 0})
+    """Options: ``n_train`` (4000), ``n_val`` (2000; the calibration split), ``n_test`` (2000),
+    ``dim`` (16), ``sigma`` (1.0; label uncertainty), ``separation`` (1.5), ``imbalance`` (4.0;
+    ``max pi / min pi``; 1 = balanced), ``seed`` (0; the data do not follow the training seed),
+    ``label_noise`` (0; training labels only). ``--num-classes`` sets C (default 10)."""
+    o = _options("synthetic", cfg, {"n_train": 4000, "n_val": 2000, "n_test": 2000, "dim": 16,
+                                    "sigma": 1.0, "separation": 1.5, "imbalance": 4.0, "seed": 0,
+                                    "label_noise": 0.0, "label_noise_seed": 0})
     c = cfg.num_classes or 10
+    _num("label_noise", o["label_noise"], 0.0, 0.95)
     d = make_synthetic(
         n_train=_num("n_train", o["n_train"], 2, integer=True),
         n_val=_num("n_val", o["n_val"], 1, integer=True),
+        n_test=_num("n_test", o["n_test"], 1, integer=True),
         dim=_num("dim", o["dim"], 1, integer=True),
         num_classes=c,
         sigma=_num("sigma", o["sigma"], 1e-3),
@@ -219,8 +367,11 @@ def build_synthetic(cfg: Any) -> DataBundle:
     )
     # No standardisation: the true p(y|x) is a function of the raw x (the MLP does not care).
     return vector_bundle("synthetic", d["x_train"], d["y_train"], d["x_val"], d["y_val"], c,
-                         standardize=False, default_model="mlp",
-                         val_true_probs=torch.as_tensor(d["p_val"], dtype=torch.float32),
+                         standardize=False, default_model="mlp", x_test=d["x_test"],
+                         y_test=d["y_test"], val_true_probs=d["p_val"], test_true_probs=d["p_test"],
+                         label_noise=(o["label_noise"], _num("label_noise_seed",
+                                                             o["label_noise_seed"], 0, integer=True)),
+                         split_info={"split": "independent draws from the generative model"},
                          extra={"class_prior": torch.as_tensor(d["pi"], dtype=torch.float32)})
 
 
@@ -268,25 +419,40 @@ def _read_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register("tabular", help="your own data: DIR/{train,val}.npz (x, y) or .csv")
 def build_tabular(cfg: Any) -> DataBundle:
-    """Options: ``standardize`` (true), ``default_model`` (``mlp``)."""
-    o = _options("tabular", cfg, {"standardize": True, "default_model": "mlp"})
+    """Options: ``standardize`` (true), ``default_model`` (``mlp``), the split options.
+
+    Files ``train`` + ``val`` + ``test``: used as given (val = calibration). ``train`` + ``val``
+    only: ``val`` is the held-out test split and the calibration split is carved (seeded,
+    stratified, ``calibration_fraction`` 0.2) from ``train``; ``calibration_fraction: 0`` keeps
+    the old two-split behaviour (calibration = test = ``val``)."""
+    split = {k: v for k, v in SPLIT_DEFAULTS.items() if k != "test_fraction"}
+    o = _options("tabular", cfg, {"standardize": True, "default_model": "mlp", **split})
     if cfg.data_path is None:
         raise DataError("dataset 'tabular' needs --data-path DIR with train.npz/val.npz "
                         "(arrays x, y) or train.csv/val.csv")
     root = Path(cfg.data_path).expanduser()
     if not root.is_dir():
         raise DataError(f"data path {str(root)!r} is not a directory")
-    (xt, yt), (xv, yv) = _read_split(root, "train"), _read_split(root, "val")
-    for split, y in (("train", yt), ("val", yv)):
+    has_test = (root / "test.npz").is_file() or (root / "test.csv").is_file()
+    parts = {s: _read_split(root, s) for s in ("train", "val", "test") if s != "test" or has_test}
+    for split, (x, y) in parts.items():
         if not np.all(np.equal(np.mod(y, 1), 0)):
             raise DataError(f"tabular {split} labels must be integers")
-    yt, yv = yt.astype(np.int64), yv.astype(np.int64)
-    if xt.shape[1:] != xv.shape[1:]:
-        raise DataError(f"train inputs have shape {xt.shape[1:]} but val inputs {xv.shape[1:]}")
-    c = int(max(yt.max(), yv.max())) + 1
+        if x.shape[1:] != parts["train"][0].shape[1:]:
+            raise DataError(f"train inputs have shape {parts['train'][0].shape[1:]} but {split} "
+                            f"inputs {x.shape[1:]}")
+    parts = {s: (x, y.astype(np.int64)) for s, (x, y) in parts.items()}
+    c = int(max(y.max() for _, y in parts.values())) + 1
     if cfg.num_classes is not None:
         if cfg.num_classes < c:
             raise DataError(f"labels go up to {c - 1} but num_classes={cfg.num_classes}")
         c = cfg.num_classes
-    return vector_bundle("tabular", xt, yt, xv, yv, c, standardize=bool(o["standardize"]),
-                         default_model=str(o["default_model"]))
+    kw = {"standardize": bool(o["standardize"]), "default_model": str(o["default_model"])}
+    (xt, yt), (xv, yv) = parts["train"], parts["val"]
+    if has_test:
+        _split_options(o, carve=True)
+        xs, ys = parts["test"]
+        return vector_bundle("tabular", xt, yt, xv, yv, c, x_test=xs, y_test=ys,
+                             label_noise=(o["label_noise"], o["label_noise_seed"]),
+                             split_info={"split": "given train/val/test files"}, **kw)
+    return carve_bundle("tabular", xt, yt, xv, yv, c, o, **kw)

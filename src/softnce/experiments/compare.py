@@ -55,8 +55,9 @@ PAPER_LOSSES: dict[str, dict[str, Any]] = {
 COMPARE_PRESETS: dict[str, dict[str, Any]] = {}
 
 METRICS_MAIN = ("top1", "ece", "nll", "brier")
-METRICS_ALL = ("top1", "top5", "ece", "mce", "ace", "nll", "brier", "kl_to_truth",
-               "ece_to_truth", "bayes_top1")
+METRICS_ALL = tuple(m for base in ("top1", "top5", "ece", "mce", "ace", "nll", "brier",
+                                   "kl_to_truth", "ece_to_truth")
+                    for m in (base, f"{base}_ts")) + ("bayes_top1", "temperature_ts")
 
 
 def register_compare_preset(dataset: str, base: Mapping[str, Any],
@@ -171,8 +172,11 @@ def compare(
     resume: bool = False,
     quiet: bool = False,
     command: str | None = None,
+    reference: str | None = "soft-ce",
 ) -> dict[str, Any]:
-    """Train every (loss, seed), aggregate, write the report; returns the summary dict."""
+    """Train every (loss, seed), aggregate, write the report; returns the summary dict.
+
+    ``reference``: the configuration the paired differences are taken against."""
     from rich.console import Console
 
     from softnce.harness.config import ConfigError
@@ -207,41 +211,74 @@ def compare(
         summary = train(cfg, log=lambda m: None)
         f = summary["final"]
         if not quiet:
-            console.print(f"[{i}/{len(runs)}] {name:<13} seed {seed}: top-1 {f['top1']:.4f}  "
-                          f"ECE {f['ece']:.4f}  NLL {f['nll']:.4f}  Brier {f['brier']:.4f}  "
+            te = summary.get("test") or {}
+            shown = te or f
+            ts = f"  ECE after TS {te['ece_ts']:.4f}" if "ece_ts" in te else ""
+            console.print(f"[{i}/{len(runs)}] {name:<13} seed {seed} ({'test' if te else 'val'}): "
+                          f"top-1 {shown['top1']:.4f}  ECE {shown['ece']:.4f}{ts}  "
+                          f"NLL {shown['nll']:.4f}  Brier {shown['brier']:.4f}  "
                           f"({time.perf_counter() - t0:.1f} s)", highlight=False, markup=False)
         results.setdefault(name, []).append({"seed": seed, "output_dir": str(run_dir),
-                                             "final": f, "best": summary["best"]})
+                                             "final": f, "best": summary["best"],
+                                             "test": summary.get("test")})
     wall = time.perf_counter() - t_start
-    return _write_report(out, dataset, runs, results, wall, command, console)
+    return _write_report(out, dataset, runs, results, wall, command, console, reference)
 
 
 def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: float,
-                  command: str | None, console: Any) -> dict[str, Any]:
+                  command: str | None, console: Any, reference: str | None = "soft-ce"
+                  ) -> dict[str, Any]:
     import torch
 
     from softnce.experiments.report import (
+        INTERVAL_NOTE,
+        METRIC_LABELS,
         aggregate,
         markdown_table,
+        paired_markdown,
+        paired_rows,
         plot_training_curves,
         print_compare_table,
     )
     from softnce.metrics import plot_reliability_diagram
 
+    # the held-out protocol: test-split metrics when every run has them, else validation
+    on_test = all(r.get("test") for rs in results.values() for r in rs)
+    split = "test" if on_test else "validation"
     stats: dict[str, dict[str, Any]] = {}
+    per_seed: dict[str, dict[str, list[float]]] = {}
     for name, rs in results.items():
-        keys = [m for m in METRICS_ALL if all(m in r["final"] for r in rs)]
-        mean, std = {}, {}
-        for m in keys:
-            mean[m], std[m] = aggregate([r["final"][m] for r in rs])
-        stats[name] = {"mean": mean, "std": std, "n_seeds": len(rs), "runs": rs}
+        recs = [r["test"] if on_test else r["final"] for r in rs]
+        keys = [m for m in METRICS_ALL if all(m in rec for rec in recs)]
+        agg = {m: aggregate([rec[m] for rec in recs]) for m in keys}
+        stats[name] = {"mean": {m: a["mean"] for m, a in agg.items()},
+                       "std": {m: a["std"] for m, a in agg.items()},
+                       "half": {m: a["half_width"] for m, a in agg.items()},
+                       "ci": {m: [a["ci_low"], a["ci_high"]] for m, a in agg.items()},
+                       "n_seeds": len(rs), "runs": rs}
+        per_seed[name] = {m: [rec[m] for rec in recs] for m in keys}
     has_truth = all("kl_to_truth" in s["mean"] for s in stats.values())
-    table_metrics = list(METRICS_MAIN) + (["kl_to_truth", "ece_to_truth"] if has_truth else [])
+    table_metrics = ["top1", "ece", "ece_ts", "nll", "nll_ts", "brier", "temperature_ts"]
+    if has_truth:
+        table_metrics += ["kl_to_truth", "kl_to_truth_ts"]
+    table_metrics = [m for m in table_metrics if all(m in s["mean"] for s in stats.values())]
     cfg0 = runs[0][2]
     seeds = sorted({r[1] for r in runs})
-    title = (f"{dataset}: mean ± std over {len(seeds)} seed(s), {cfg0.epochs} epochs, "
-             f"final epoch, validation split")
+    title = (f"{dataset}: {len(seeds)} seed(s), {cfg0.epochs} epochs, {split} split; "
+             f"mean ± 95% t-interval half-width; 'after TS' = temperature fitted on calibration")
     print_compare_table(stats, table_metrics, title, console)
+    reference = reference if reference in per_seed else None
+    paired = []
+    if reference is not None and len(seeds) > 1:
+        paired = paired_rows(per_seed, reference, [m for m in ("top1", "ece", "ece_ts", "nll",
+                                                               "nll_ts", "kl_to_truth")
+                                                   if m in table_metrics])
+        for r in paired:
+            if r["metric"] in ("ece", "ece_ts", "nll_ts") or (r["metric"] == "top1"):
+                console.print(f"  {r['config']} vs {reference}: "
+                              f"{METRIC_LABELS.get(r['metric'], r['metric'])} difference "
+                              f"{r['mean']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] -> "
+                              f"better: {r['verdict']}", highlight=False, markup=False)
     bayes = next(iter(stats.values()))["mean"].get("bayes_top1")
     truth_note = ""
     if bayes is not None:
@@ -256,7 +293,7 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
     for name, rs in results.items():
         probs, labels = [], []
         for r in rs:
-            p = Path(r["output_dir"]) / "val_logits.pt"
+            p = Path(r["output_dir"]) / ("test_logits.pt" if on_test else "val_logits.pt")
             if p.is_file():
                 d = torch.load(p, map_location="cpu", weights_only=True)
                 probs.append(torch.softmax(d["logits"].double() / d.get("temperature", 1.0), 1))
@@ -265,7 +302,7 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
             pooled[name] = (torch.cat(probs), torch.cat(labels))
     if pooled:
         plot_reliability_diagram(pooled, out / "reliability.png", n_bins=15,
-                                 title=f"{dataset}: reliability (val, {len(seeds)} seed(s) "
+                                 title=f"{dataset}: reliability ({split}, {len(seeds)} seed(s) "
                                        f"pooled)")
     curves = {}
     for name, rs in results.items():
@@ -283,13 +320,17 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
         "model": cfg0.model,
         "command": command,
         "wall_time_s": wall,
+        "split": split,
         "std": "sample standard deviation over seeds (ddof=1)",
-        "losses": {n: {"mean": s["mean"], "std": s["std"], "n_seeds": s["n_seeds"],
-                       "runs": s["runs"]} for n, s in stats.items()},
+        "ci": "95% Student-t interval of the mean over seeds (ddof=1)",
+        "reference": reference,
+        "losses": {n: {"mean": s["mean"], "std": s["std"], "ci": s["ci"],
+                       "n_seeds": s["n_seeds"], "runs": s["runs"]} for n, s in stats.items()},
+        "paired": paired,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    from softnce.harness.trainer import LOSSES
+    from softnce.harness.losses import LOSSES
 
     settings = {}
     for n, _s, c in runs:
@@ -304,11 +345,16 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; wall time {wall:.1f} s.  ",
         f"Seeds: {', '.join(map(str, seeds))}; {cfg0.epochs} epochs; model "
         f"`{cfg0.model or 'default'}`; batch size {cfg0.batch_size}; lr {cfg0.lr}. Metrics of the "
-        f"final epoch on the validation split, mean ± sample std over seeds; predictions are "
-        f"`softmax(logits / T)`, ECE with 15 equal-width bins.",
+        f"final model on the {split} split ({INTERVAL_NOTE}); predictions are "
+        f"`softmax(logits / T)`, ECE with 15 equal-width bins; 'after TS': temperature scaling "
+        f"fitted on the calibration split only.",
         "",
         markdown_table(stats, table_metrics),
         "",
+        *([f"## Paired differences against {reference}", "",
+           "'better?' is computed from the interval: holds (it excludes 0 on the better side), "
+           "does not hold (it excludes 0 on the worse side), inconclusive (it contains 0).", "",
+           paired_markdown(paired), ""] if paired else []),
         *([truth_note, ""] if truth_note else []),
         "## Settings per loss",
         "",
@@ -317,13 +363,13 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
     ]
     for n, st in settings.items():
         lines.append(f"| {n} | " + " | ".join(str(v) for v in st.values()) + " |")
-    lines += ["", "## Reliability (validation, seeds pooled)", "", "![reliability](reliability.png)",
+    lines += ["", f"## Reliability ({split}, seeds pooled)", "", "![reliability](reliability.png)",
               "", "## Training curves", "", "![curves](curves.png)", "", "## Runs", "",
               "| loss | seed | top-1 | ECE | NLL | Brier | directory |",
               "|---|---|---|---|---|---|---|"]
     for n, s in stats.items():
         for r in s["runs"]:
-            f = r["final"]
+            f = r["test"] if on_test else r["final"]
             lines.append(f"| {n} | {r['seed']} | {f['top1']:.4f} | {f['ece']:.4f} | "
                          f"{f['nll']:.4f} | {f['brier']:.4f} | `{r['output_dir']}` |")
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -9,7 +9,9 @@ from typing import Any
 
 __all__ = [
     "METRIC_LABELS",
+    "LOWER_IS_BETTER",
     "aggregate",
+    "paired_rows",
     "format_mean_std",
     "markdown_table",
     "plot_training_curves",
@@ -30,18 +32,58 @@ METRIC_LABELS = {
     "ece_to_truth": "|conf - p*|",
     "bayes_top1": "Bayes top-1",
 }
+for _k, _v in list(METRIC_LABELS.items()):
+    if _k != "bayes_top1":
+        METRIC_LABELS[f"{_k}_ts"] = f"{_v} after TS"
+METRIC_LABELS["temperature_ts"] = "fitted T"
+
+#: Metrics whose smaller values are better (all but accuracies).
+LOWER_IS_BETTER = frozenset(k for k in METRIC_LABELS if not k.startswith(("top", "bayes"))
+                            and k != "temperature_ts")
+
+#: How every table states its intervals.
+INTERVAL_NOTE = ("mean ± half-width of the 95% Student-t interval over seeds (ddof=1); paired "
+                 "differences are per-seed differences against the reference configuration")
 
 
-def aggregate(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
-    vals = [float(v) for v in values if v is not None and not _isnan(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    mean = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
-    return mean, math.sqrt(var)
+def aggregate(values: Sequence[float]) -> dict[str, float]:
+    """:func:`softnce.metrics.stats.summarize` of the non-missing ``values``."""
+    from softnce.metrics.stats import summarize
+
+    return summarize([float(v) for v in values if v is not None])
+
+
+def paired_rows(per_seed: Mapping[str, Mapping[str, Sequence[float]]], reference: str,
+                metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """Paired differences ``config - reference`` per metric with their verdict on "config is
+    better than reference" (``per_seed[config][metric]`` lists values in seed order)."""
+    from softnce.metrics.stats import paired_difference, verdict
+
+    out = []
+    ref = per_seed[reference]
+    for name, vals in per_seed.items():
+        if name == reference:
+            continue
+        for m in metrics:
+            if m not in vals or m not in ref:
+                continue
+            d = paired_difference(vals[m], ref[m])
+            out.append({"config": name, "reference": reference, "metric": m, **d,
+                        "verdict": verdict(d, "lower" if m in LOWER_IS_BETTER else "higher")})
+    return out
+
+
+def paired_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of :func:`paired_rows`."""
+    lines = ["| configuration | metric | difference vs reference [95% CI] | better? |",
+             "|---|---|---|---|"]
+    for r in rows:
+        scale = 100 if r["metric"].startswith("top") else 1
+        unit, nd = (" pts", 2) if scale == 100 else ("", 4)
+        lines.append(f"| {r['config']} - {r['reference']} | {METRIC_LABELS.get(r['metric'], r['metric'])}"
+                     f" | {scale * r['mean']:+.{nd}f}{unit} [{scale * r['ci_low']:+.{nd}f}, "
+                     f"{scale * r['ci_high']:+.{nd}f}] | {r['verdict']} |")
+    return "\n".join(lines)
 
 
 def _isnan(v: Any) -> bool:
@@ -52,16 +94,22 @@ def format_mean_std(mean: float, std: float, metric: str) -> str:
     """top-k as percent (``97.50 ± 0.31``), the others with 4 decimals."""
     if _isnan(mean):
         return "n/a"
+    if _isnan(std):
+        std_pct, std_txt = "n/a", "n/a"
+    else:
+        std_pct, std_txt = f"{100 * std:.2f}", f"{std:.4f}"
     if metric.startswith("top") or metric == "bayes_top1":
-        return f"{100 * mean:.2f} ± {100 * std:.2f}"
-    return f"{mean:.4f} ± {std:.4f}"
+        return f"{100 * mean:.2f} ± {std_pct}"
+    return f"{mean:.4f} ± {std_txt}"
 
 
 def _rows(stats: Mapping[str, Mapping[str, Any]], metrics: Sequence[str]) -> list[list[str]]:
+    """``stats[name]["mean"/"half"]`` (``half``: CI half-width; ``std`` if no ``half``)."""
     rows = []
     for name, s in stats.items():
+        spread = s.get("half", s.get("std", {}))
         rows.append([name] + [format_mean_std(s["mean"].get(m, float("nan")),
-                                              s["std"].get(m, float("nan")), m)
+                                              spread.get(m, float("nan")), m)
                               for m in metrics])
     return rows
 
@@ -106,7 +154,15 @@ def print_run_summary(summary: Mapping[str, Any], console: Any = None) -> None:
     table.add_column("")
     for k in keys:
         table.add_column(METRIC_LABELS.get(k, k), justify="right")
-    for name, rec in (("final", final), (f"best (epoch {summary.get('best_epoch')})", best)):
+    rows = [("final (calibration split)", final),
+            (f"best (epoch {summary.get('best_epoch')})", best)]
+    test = summary.get("test")
+    if test:
+        rows.append(("test", test))
+        if "ece_ts" in test:
+            rows.append((f"test, T = {test['temperature_ts']:.3f} fitted on calibration",
+                         {k: test[f"{k}_ts"] for k in keys if f"{k}_ts" in test}))
+    for name, rec in rows:
         table.add_row(name, *[f"{rec[k]:.4f}" if k in rec else "" for k in keys])
     console.print(table)
     console.print(f"outputs in {summary.get('output_dir')}")

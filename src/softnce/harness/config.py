@@ -421,7 +421,9 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping, following ``base:`` (a path or list of paths relative to the file)."""
-    import yaml
+    from softnce._optional import require
+
+    yaml = require("yaml", "train", "reading YAML configs")
 
     path = find_preset(str(path)).resolve()
     if path in _seen:
@@ -443,8 +445,9 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["lr=1e-3", "dataset_options.sigma=2"]`` -> nested dict (values parsed as YAML)."""
-    import yaml
+    from softnce._optional import require
 
+    yaml = require("yaml", "train", "parsing --set values")
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:

@@ -43,7 +43,7 @@ from torch.utils.data import DistributedSampler, Sampler
 
 from softnce.data import DATASETS, DataError
 from softnce.harness.config import ConfigError, TrainConfig
-from softnce.harness.evaluation import truth_metrics
+from softnce.harness.evaluation import heldout_metrics, truth_metrics
 from softnce.harness.losses import LOSSES, LossSpec, build_loss, noise_probs, register_loss  # noqa: F401
 from softnce.harness.mixing import (
     BatchTargetBuilder,
@@ -305,12 +305,11 @@ class Trainer:
         self.steps_per_epoch = math.ceil(n_micro / cfg.accum_steps)
 
         # optimisation
-        from timm.optim import create_optimizer_v2
+        from softnce.harness.optim import build_optimizer
 
         try:
-            self.optimizer = create_optimizer_v2(self.model, opt=cfg.optimizer, lr=cfg.lr,
-                                                 weight_decay=cfg.weight_decay,
-                                                 layer_decay=cfg.layer_decay)
+            self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr,
+                                             cfg.weight_decay, cfg.layer_decay)
         except ValueError as e:  # timm: "Optimizer X not found in registry"
             raise ConfigError(f"optimizer {cfg.optimizer!r}: {e} (any timm optimizer name, "
                               f"e.g. adamw, sgd, lamb)") from e
@@ -589,29 +588,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self) -> tuple[dict[str, float], torch.Tensor | None, torch.Tensor | None]:
-        """Metrics on the validation split (all ranks) and, if kept, the gathered logits."""
+    def evaluate(self, split: str = "val", keep: bool | None = None
+                 ) -> tuple[dict[str, float], torch.Tensor | None, torch.Tensor | None]:
+        """Metrics on ``split`` (``"val"``: the calibration split, or ``"test"``) on all ranks
+        and, if kept (``keep``; default: the ``save_val_logits`` rule), the gathered logits."""
         from softnce.metrics import CalibrationMeter
 
         cfg, b = self.cfg, self.bundle
+        data = b.val if split == "val" else b.test
+        true_probs = b.val_true_probs if split == "val" else b.test_true_probs
         model = self.ema.module if self.ema is not None else self.model
         was_training = model.training
         model.eval()
         meter = CalibrationMeter(n_bins=15, inputs="logits", temperature=cfg.temperature,
                                  num_classes=b.num_classes, topk=(1, 5))
-        sampler = ShardSampler(len(b.val), self.rank, self.world)
+        sampler = ShardSampler(len(data), self.rank, self.world)
         gen = torch.Generator()
         gen.manual_seed(0)
-        loader = self._loader(b.val, cfg.resolved_eval_batch_size, sampler, False, gen)
+        loader = self._loader(data, cfg.resolved_eval_batch_size, sampler, False, gen)
         stats_hook = getattr(model, "eval_stats", None)
-        keep = stats_hook is None and (
-            cfg.save_val_logits is True
-            or (cfg.save_val_logits == "auto"
-                and len(b.val) * b.num_classes <= SAVE_LOGITS_LIMIT)
-            or b.val_true_probs is not None)
+        if keep is None:
+            keep = (cfg.save_val_logits is True
+                    or (cfg.save_val_logits == "auto"
+                        and len(data) * b.num_classes <= SAVE_LOGITS_LIMIT)
+                    or true_probs is not None)
+        keep = keep and stats_hook is None
         # optional ``bundle.extra["val_row_ids"]``: batch -> (rows,) int64 stable key per row,
         # saved as ``row_ids`` in val_logits.pt so row order never matters (multi-process eval)
-        row_ids_fn = b.extra.get("val_row_ids") if isinstance(b.extra, dict) else None
+        row_ids_fn = b.extra.get(f"{split}_row_ids") if isinstance(b.extra, dict) else None
         all_logits, all_labels, all_ids, masked = [], [], [], False
         self.val_row_ids = None
         for batch in loader:
@@ -663,10 +667,28 @@ class Trainer:
                     labels[r::self.world] = lb
                     if row_ids is not None:
                         row_ids[r::self.world] = ri
-        self.val_row_ids = row_ids
-        if b.val_true_probs is not None and not masked and len(logits) == len(b.val_true_probs):
-            metrics.update(truth_metrics(logits, b.val_true_probs, cfg.temperature))
+        if split == "val":
+            self.val_row_ids = row_ids
+        if true_probs is not None and not masked and len(logits) == len(true_probs):
+            metrics.update(truth_metrics(logits, true_probs, cfg.temperature))
         return metrics, logits, labels
+
+    def _test_evaluation(self) -> dict[str, Any] | None:
+        """The held-out protocol at the end of a run: metrics on the test split raw, and after
+        a temperature fitted on the calibration split only (``*_ts``, ``temperature_ts``)."""
+        if self.bundle.test is None or len(self.bundle.test) == 0:
+            return None
+        metrics, test_logits, test_labels = self.evaluate("test", keep=True)
+        if test_logits is None:  # a model scoring through eval_stats (huge C): raw only
+            return {k: float(v) for k, v in metrics.items()}
+        _, cal_logits, cal_labels = self.evaluate("val", keep=True)
+        out = heldout_metrics(cal_logits, cal_labels, test_logits, test_labels,
+                              self.cfg.temperature, self.bundle.test_true_probs)
+        if self.rank == 0 and test_logits.numel() <= SAVE_LOGITS_LIMIT:
+            atomic_save({"logits": test_logits.float(), "labels": test_labels.long(),
+                         "temperature": self.cfg.temperature,
+                         "temperature_ts": out["temperature_ts"]}, self.out / "test_logits.pt")
+        return out
 
     def _evaluate_and_record(self, train_loss: float, sps: float, elapsed: float) -> dict:
         metrics, logits, labels = self.evaluate()
@@ -726,7 +748,16 @@ class Trainer:
             "temperature": self.cfg.temperature,
             "world_size": self.world,
             "output_dir": str(self.out),
+            "splits": dict(self.bundle.splits),
         }
+        if self.complete:
+            test = self._test_evaluation()
+            if test is not None:
+                summary["test"] = test
+                summary["test_protocol"] = (
+                    "metrics on the held-out test split at the end of the run; *_ts after a "
+                    "temperature T fitted on the calibration split only (predictions "
+                    "softmax(z / (temperature * T)), T = temperature_ts)")
         if self.rank == 0:
             _atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary

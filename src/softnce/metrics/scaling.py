@@ -32,10 +32,12 @@ class TemperatureScaler:
 
     over :math:`\log T` with L-BFGS (strong-Wolfe line search, float64). :math:`\mathcal L` is
     convex in :math:`1/T`, so this normally finds the optimum; as a safeguard the result is
-    compared with :math:`T = 1` and with the best point of a log-spaced grid over ``bounds``,
-    and the candidate with the lowest NLL is kept, so the fitted NLL is never worse than at
-    :math:`T = 1`. :math:`T` is clamped to ``bounds`` (separable validation data would
-    otherwise drive :math:`T \to 0`).
+    compared with :math:`T = 1` (or, when ``bounds`` exclude 1, the bound closest to 1) and with
+    the best point of a log-spaced grid over ``bounds``, and the candidate with the lowest NLL
+    is kept, so the fitted NLL is never worse than at :math:`T = 1` whenever ``bounds`` contain
+    1. :math:`T` is clamped to ``bounds`` (separable validation data would otherwise drive
+    :math:`T \to 0`). ``report()`` gives the NLL at :math:`T = 1` (``nll_before``) and at the
+    returned :math:`T` (``nll_after``).
 
     ``transform(logits)`` returns ``logits / T`` (argmax, hence accuracy, unchanged);
     ``predict_proba(logits)`` returns ``softmax(logits / T)``; ``report()`` gives NLL and ECE
@@ -133,17 +135,19 @@ class TemperatureScaler:
         grid_nll = [nll(v) for v in grid]
         best = min(range(len(grid)), key=lambda i: grid_nll[i])
         cand["grid"] = grid[best]
-        cand["identity"] = 0.0
+        # T = 1 when the bounds admit it, else the bound closest to 1
+        cand["identity"] = min(max(0.0, lo), hi)
         scores = {k: nll(v) for k, v in cand.items()}
         method = min(scores, key=lambda k: scores[k])
         self.temperature = min(max(math.exp(cand[method]), self.bounds[0]), self.bounds[1])
+        nll_before = nll(0.0)
 
         probs_before = F.softmax(z, dim=1)
         probs_after = F.softmax(z / self.temperature, dim=1)
         self._report = {
             "temperature": self.temperature,
-            "nll_before": scores["identity"],
-            "nll_after": scores[method],
+            "nll_before": nll_before,
+            "nll_after": nll(math.log(self.temperature)),
             "ece_before": float(
                 expected_calibration_error(probs_before, t, self.n_bins, validate_args=False)
             ),
