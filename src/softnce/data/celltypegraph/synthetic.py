@@ -90,15 +90,9 @@ def _hops(n: int, pairs: np.ndarray, boundary: np.ndarray) -> np.ndarray:
     return hops
 
 
-def write_synthetic_ovule(
-    path: str | Path, rng: np.random.Generator, num_cells: int, with_set2: bool = True
-) -> None:
-    """Write one synthetic ovule with ``num_cells`` cells in the benchmark's HDF5 format."""
-    import h5py
-
-    n = int(num_cells)
-    if n < 4:
-        raise ValueError(f"num_cells must be >= 4; found {num_cells}")
+def _geometry(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Cell centres in a cylinder, classes and raw labels, the contact graph and the stored
+    (shuffled, arbitrarily ordered) ``edges_ids`` with background contacts."""
     length, radius = 40.0, 15.0
     t = rng.uniform(0, 1, n)
     r = np.sqrt(rng.uniform(0, 1, n))
@@ -131,7 +125,16 @@ def write_synthetic_ovule(
     edges_ids = np.where(edges_idx < 0, 0, ids[np.maximum(edges_idx, 0)])
     flip = rng.uniform(size=e) < 0.5  # stored pair order is arbitrary
     edges_ids[flip] = edges_ids[flip][:, ::-1]
+    return {"t": t, "th": th, "com": com, "depth": depth, "cls": cls, "raw": raw, "ids": ids,
+            "cell_pairs": cell_pairs, "boundary": boundary, "edges_idx": edges_idx,
+            "is_bg": is_bg, "edges_ids": edges_ids}
 
+
+def _cell_features(rng: np.random.Generator, g: dict[str, np.ndarray]
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The stored ``cell_features`` group and the per-cell frames the edges and samples use."""
+    n, t, th, com, cls = len(g["t"]), g["t"], g["th"], g["com"], g["cls"]
+    cell_pairs, boundary = g["cell_pairs"], g["boundary"]
     hops = _hops(n, cell_pairs, boundary)
     degree = np.bincount(cell_pairs.ravel(), minlength=n).astype(np.float64)
     volume = np.array(_BASE_VOLUME)[cls] * rng.lognormal(0.0, 0.25, n)
@@ -141,7 +144,6 @@ def write_synthetic_ovule(
     pca = _frames(np.where((cls >= 4)[:, None], np.array([[1.0, 0, 0]]), radial), rng, 0.4)
     var = np.sort(rng.dirichlet(np.full(3, 2.0), size=n), axis=1)[:, ::-1]
     lengths = volume[:, None] ** (1 / 3) * np.sqrt(var) * 2.0
-    f32 = np.float32
     cell_feats = {
         "com_grs": com,
         "degree_centrality": degree / (n - 1),
@@ -160,7 +162,15 @@ def write_synthetic_ovule(
         cell_feats[f"pca_proj_axis{i + 1}_grs"] = pca[:, i]
         cell_feats[f"length_axis{i + 1}_grs"] = lengths[:, i]
         cell_feats[f"lr_axis{i + 1}_grs"] = lrs[:, i]  # extra raw features, as in real files
+    return cell_feats, {"lrs": lrs, "radial": radial, "lengths": lengths}
 
+
+def _edge_features(rng: np.random.Generator, g: dict[str, np.ndarray],
+                   frames: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The stored ``edges_features`` group and ``edges_labels`` (background rows included)."""
+    com, cls, edges_idx, is_bg = g["com"], g["cls"], g["edges_idx"], g["is_bg"]
+    lrs, radial = frames["lrs"], frames["radial"]
+    e = edges_idx.shape[0]
     a = np.where(is_bg, edges_idx[:, 1], edges_idx[:, 0])
     b = edges_idx[:, 1]
     other = np.where(is_bg[:, None], com[b] + radial[b] * 2.0, com[np.maximum(a, 0)])
@@ -177,7 +187,23 @@ def write_synthetic_ovule(
         dots = np.einsum("ij,ij->i", lrs[np.maximum(a, 0), i], lrs[b, i])
         edge_feats[f"lrs_dot_axis{i + 1}_grs"] = np.where(is_bg, 0.0, dots)
     edge_labels = np.where(is_bg, 0, (cls[np.maximum(a, 0)] == cls[b]).astype(np.int64))
+    return edge_feats, edge_labels
 
+
+def write_synthetic_ovule(
+    path: str | Path, rng: np.random.Generator, num_cells: int, with_set2: bool = True
+) -> None:
+    """Write one synthetic ovule with ``num_cells`` cells in the benchmark's HDF5 format."""
+    import h5py
+
+    n = int(num_cells)
+    if n < 4:
+        raise ValueError(f"num_cells must be >= 4; found {num_cells}")
+    g = _geometry(rng, n)
+    cell_feats, frames = _cell_features(rng, g)
+    edge_feats, edge_labels = _edge_features(rng, g, frames)
+    com, cls, raw, ids, edges_ids = g["com"], g["cls"], g["raw"], g["ids"], g["edges_ids"]
+    lengths, f32 = frames["lengths"], np.float32
     samples = com[:, None, :] + rng.standard_normal((n, 8, 3)) * (lengths[:, None, :1] / 2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
