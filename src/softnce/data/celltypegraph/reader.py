@@ -168,6 +168,31 @@ def _read_features(
     return np.concatenate(blocks, axis=1) if blocks else np.zeros((rows, 0))
 
 
+def _edge_index(edges: np.ndarray, ea: np.ndarray, edge_labels: np.ndarray,
+                cell_ids: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop background pairs (id 0) and map cell ids to node rows: ``(edge_index (2, E),
+    edge_attr, edge_labels)``; self-loops, unknown ids and repeated pairs raise ``ValueError``."""
+    n = cell_ids.shape[0]
+    edges = edges.astype(np.int64)
+    keep = (edges[:, 0] != 0) & (edges[:, 1] != 0)
+    edges, ea, edge_labels = edges[keep], ea[keep], edge_labels[keep]
+    if np.any(edges[:, 0] == edges[:, 1]):
+        raise ValueError(f"{path}: edges_ids holds self-loops (a cell paired with itself)")
+    order = np.argsort(cell_ids, kind="stable")
+    sorted_ids = cell_ids[order].astype(np.int64)
+    pos = np.searchsorted(sorted_ids, edges)
+    pos = np.clip(pos, 0, n - 1)
+    found = sorted_ids[pos] == edges
+    if not np.all(found):
+        unknown = sorted(set(edges[~found].tolist()))[:10]
+        raise ValueError(f"{path}: edges_ids refer to cell ids not in cell_ids, e.g. {unknown}")
+    edge_index = order[pos].T.astype(np.int64)
+    lo, hi = np.minimum(edge_index[0], edge_index[1]), np.maximum(edge_index[0], edge_index[1])
+    if len(np.unique(lo * n + hi)) != lo.shape[0]:
+        raise ValueError(f"{path}: edges_ids lists some cell pair more than once")
+    return edge_index, ea, edge_labels
+
+
 def read_ovule(path: str | Path) -> OvuleGraph:
     """Read one benchmark HDF5 file into an :class:`OvuleGraph` (features as the benchmark builds
     them, background edges dropped). Malformed files raise ``ValueError`` naming the file."""
@@ -225,23 +250,7 @@ def read_ovule(path: str | Path) -> OvuleGraph:
         # edge transforms see every stored row (background pairs included), as in the benchmark
         ea = _read_features(fh["edges_features"], EDGE_FEATURES, e_all, path, "edges_features")
 
-    edges = edges.astype(np.int64)
-    keep = (edges[:, 0] != 0) & (edges[:, 1] != 0)
-    edges, ea, edge_labels = edges[keep], ea[keep], edge_labels[keep]
-    if np.any(edges[:, 0] == edges[:, 1]):
-        raise ValueError(f"{path}: edges_ids holds self-loops (a cell paired with itself)")
-    order = np.argsort(cell_ids, kind="stable")
-    sorted_ids = cell_ids[order].astype(np.int64)
-    pos = np.searchsorted(sorted_ids, edges)
-    pos = np.clip(pos, 0, n - 1)
-    found = sorted_ids[pos] == edges
-    if not np.all(found):
-        unknown = sorted(set(edges[~found].tolist()))[:10]
-        raise ValueError(f"{path}: edges_ids refer to cell ids not in cell_ids, e.g. {unknown}")
-    edge_index = order[pos].T.astype(np.int64)
-    lo, hi = np.minimum(edge_index[0], edge_index[1]), np.maximum(edge_index[0], edge_index[1])
-    if len(np.unique(lo * n + hi)) != lo.shape[0]:
-        raise ValueError(f"{path}: edges_ids lists some cell pair more than once")
+    edge_index, ea, edge_labels = _edge_index(edges, ea, edge_labels, cell_ids, path)
     return OvuleGraph(
         x=x.astype(np.float32),
         edge_index=edge_index,

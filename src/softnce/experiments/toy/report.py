@@ -242,6 +242,36 @@ def _fit_time(rows: Sequence[dict]) -> float:
     return sum(seen.values())
 
 
+def _sweep_section(rows: Sequence[dict], config: ToyConfig) -> list[str]:
+    """Markdown of the sample-size sweep: error per n and the log-log slope per estimator."""
+    lines: list[str] = []
+    slopes = sweep_slopes(rows)
+    agg_s = aggregate(rows, "sweep")
+    if agg_s:
+        lines += ["## Error against sample size (bias vs variance)", "",
+                  "Relative error in % at each n; slope = d log(error) / d log(n) between the "
+                  "smallest and the largest n (-0.5: variance-dominated, 0: bias-dominated).", ""]
+        for dgp in config.dgps:
+            ns = sorted({k[2] for k in agg_s if k[0] == dgp})
+            if not ns:
+                continue
+            s, eps = config.sweep_level(dgp)
+            where = f"eps = {eps:g}, s = {s:g}" if dgp == "smoothed" else f"s = {s:g}"
+            lines += [f"### {DGP_TITLES[dgp]} ({where})", "",
+                      "| estimator | " + " | ".join(f"n = {int(n)}" for n in ns) + " | slope |",
+                      "|---|" + "---|" * (len(ns) + 1)]
+            for e in config.estimators_for(dgp):
+                if (dgp, e, ns[0]) not in agg_s:
+                    continue
+                cells = [f"{100 * agg_s[(dgp, e, n)][0]:.1f}" if (dgp, e, n) in agg_s else "-"
+                         for n in ns]
+                sl = slopes.get((dgp, e))
+                lines.append(f"| {e} | " + " | ".join(cells) +
+                             f" | {'-' if sl is None else f'{sl:.2f}'} |")
+            lines.append("")
+    return lines
+
+
 def summary_markdown(rows: Sequence[dict], config: ToyConfig, seconds: float | None,
                      command: str) -> str:
     """The markdown summary: settings, error tables, the claim per DGP, the n-sweep slopes."""
@@ -298,30 +328,7 @@ def summary_markdown(rows: Sequence[dict], config: ToyConfig, seconds: float | N
                              f"{_fmt(v['growth_reference'])} | {_fmt(v['growth_estimator'])} | "
                              f"{_fmt(v['difference'])} | **{v['verdict']}** |")
         lines.append("")
-    slopes = sweep_slopes(rows)
-    agg_s = aggregate(rows, "sweep")
-    if agg_s:
-        lines += ["## Error against sample size (bias vs variance)", "",
-                  "Relative error in % at each n; slope = d log(error) / d log(n) between the "
-                  "smallest and the largest n (-0.5: variance-dominated, 0: bias-dominated).", ""]
-        for dgp in config.dgps:
-            ns = sorted({k[2] for k in agg_s if k[0] == dgp})
-            if not ns:
-                continue
-            s, eps = config.sweep_level(dgp)
-            where = f"eps = {eps:g}, s = {s:g}" if dgp == "smoothed" else f"s = {s:g}"
-            lines += [f"### {DGP_TITLES[dgp]} ({where})", "",
-                      "| estimator | " + " | ".join(f"n = {int(n)}" for n in ns) + " | slope |",
-                      "|---|" + "---|" * (len(ns) + 1)]
-            for e in config.estimators_for(dgp):
-                if (dgp, e, ns[0]) not in agg_s:
-                    continue
-                cells = [f"{100 * agg_s[(dgp, e, n)][0]:.1f}" if (dgp, e, n) in agg_s else "-"
-                         for n in ns]
-                sl = slopes.get((dgp, e))
-                lines.append(f"| {e} | " + " | ".join(cells) +
-                             f" | {'-' if sl is None else f'{sl:.2f}'} |")
-            lines.append("")
+    lines += _sweep_section(rows, config)
     return "\n".join(lines)
 
 
