@@ -16,6 +16,7 @@ import torch
 
 from softnce.data import DataError
 from softnce.data import celltypegraph as ctg
+from softnce.experiments import celltypegraph_cv as ctg_cv
 
 pytest.importorskip("torch_geometric")
 
@@ -278,7 +279,10 @@ def test_graph_scores_follow_the_benchmark() -> None:
 def test_generator_cli_and_learnable_structure(tmp_path: Path) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    assert ctg.main(["make-synthetic", str(tmp_path), "--stacks", "12", "--seed", "2"]) == 0
+    from softnce.cli import main as softnce_main
+
+    assert softnce_main(["celltypegraph", "make-synthetic", str(tmp_path), "--stacks", "12",
+                         "--seed", "2"]) == 0
     stacks = ctg.stack_list_for_root(tmp_path)
     assert len(stacks) == 12 and len({s for s, _ in stacks}) == 2
     train, test, _ = ctg.load_fold(tmp_path, fold=1)
@@ -357,19 +361,25 @@ def test_annotator_targets_and_cv_summary(data_dir: Path, tmp_path: Path) -> Non
         _run(data_dir, out, loss="soft-infonce", model="gcn", model_options={"hidden": 16},
              dataset_options={"fold": fold, "soft_targets": "annotators"})
         runs.append(out)
-    res = ctg.summarize_cv(runs)
+    res = ctg_cv.summarize_cv(runs)
     assert [f["fold"] for f in res["folds"]] == [0, 1]
     for f in res["folds"]:
         assert 0 <= f["graph_top1"] <= 1 and 0 <= f["graph_class_avg"] <= 1
-    m, s = res["over_folds"]["top1"]
+    from scipy.stats import t as student_t
+
+    over = res["over_folds"]["top1"]
     tops = [f["top1"] for f in res["folds"]]
-    assert m == pytest.approx(np.mean(tops)) and s == pytest.approx(np.std(tops))
+    assert over["n"] == 2 and over["mean"] == pytest.approx(np.mean(tops))
+    assert over["std"] == pytest.approx(np.std(tops, ddof=1))  # sample std, not ddof=0
+    half = student_t.ppf(0.975, 1) * np.std(tops, ddof=1) / np.sqrt(2)
+    assert over["ci_low"] == pytest.approx(np.mean(tops) - half)
+    assert over["ci_high"] == pytest.approx(np.mean(tops) + half)
     # the stored labels are checked against the re-read fold: another data set is rejected
     cfg = json.loads((runs[0] / "config.json").read_text())
     cfg["dataset_options"]["fold"] = 1
     (runs[0] / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="do not match the annotated nodes"):
-        ctg.summarize_cv(runs[:1])
+        ctg_cv.summarize_cv(runs[:1])
 
 
 def test_compare_preset_is_valid_for_graphs(data_dir: Path, tmp_path: Path) -> None:
@@ -445,11 +455,14 @@ def test_cv_command_end_to_end_and_resume(data_dir: Path, tmp_path: Path,
         cfg1 = json.loads((dirs[1] / "config.json").read_text())
         assert cfg1["dataset_options"]["fold"] == 1 and cfg1["model_options"]["hidden"] == 16
         assert cfg1["epochs"] == 1 and cfg1["loss"] == name.removeprefix("gcn-")
-        ref = ctg.summarize_cv(dirs)  # the written numbers are summarize_cv's, unchanged
+        ref = ctg_cv.summarize_cv(dirs)  # the written numbers are summarize_cv's, unchanged
         assert r["over_folds"] == json.loads(json.dumps(ref["over_folds"]))
         assert [f["fold"] for f in r["folds"]] == [0, 1]
-        m, s = ref["over_folds"]["graph_class_avg"]
-        assert f"{100 * m:.2f} ± {100 * s:.2f}" in report
+        st = ref["over_folds"]["graph_class_avg"]
+        m, s, lo, hi = st["mean"], st["std"], st["ci_low"], st["ci_high"]
+        assert f"{100 * m:.2f} ± {100 * s:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]" in report
+    assert "ddof=1" in summary["std"] and "95% Student-t" in summary["interval"]
+    assert "sample standard deviation (ddof=1)" in report and "95% Student-t" in report
     # --resume: finished folds are skipped (train is never called) ...
     calls: list[str] = []
     real_train = softnce.harness.trainer.train
@@ -504,20 +517,20 @@ def test_summarize_cv_maps_rows_by_row_ids_not_order(data_dir: Path, tmp_path: P
     _run(data_dir, run, loss="nll", model="gcn", model_options={"hidden": 16})
     saved = torch.load(run / "val_logits.pt", weights_only=True)
     assert saved["row_ids"].shape == saved["labels"].shape
-    ref = ctg.summarize_cv([run])
+    ref = ctg_cv.summarize_cv([run])
     perm = torch.randperm(len(saved["labels"]), generator=torch.Generator().manual_seed(0))
     shuffled = {**saved, **{k: saved[k][perm] for k in ("logits", "labels", "row_ids")}}
     torch.save(shuffled, run / "val_logits.pt")
-    res = ctg.summarize_cv([run])
+    res = ctg_cv.summarize_cv([run])
     assert res["folds"][0]["graph_top1"] == ref["folds"][0]["graph_top1"]
     assert res["folds"][0]["graph_class_avg"] == ref["folds"][0]["graph_class_avg"]
     torch.save({k: v for k, v in shuffled.items() if k != "row_ids"}, run / "val_logits.pt")
     with pytest.raises(ValueError, match="rows do not match the annotated nodes"):
-        ctg.summarize_cv([run])
+        ctg_cv.summarize_cv([run])
     bad = dict(shuffled, row_ids=shuffled["row_ids"] + 1)
     torch.save(bad, run / "val_logits.pt")
     with pytest.raises(ValueError, match="row_ids do not match"):
-        ctg.summarize_cv([run])
+        ctg_cv.summarize_cv([run])
 
 
 DDP_CTG_SCRIPT = """
@@ -585,12 +598,28 @@ def test_two_process_eval_keeps_per_graph_scores(tmp_path: Path) -> None:
     order = torch.tensor([pos[k] for k in ddp["row_ids"].tolist()])
     assert torch.equal(labels[order], ddp["labels"])
     assert torch.allclose(logits[order], ddp["logits"], atol=1e-5)
-    res = ctg.summarize_cv([run])  # before this change: refused ("rows do not match")
+    res = ctg_cv.summarize_cv([run])  # before this change: refused ("rows do not match")
     single = tmp_path / "single_copy"
     single.mkdir()
     for f in ("config.json", "summary.json"):
         (single / f).write_text((run / f).read_text())
     torch.save({"logits": logits, "labels": labels}, single / "val_logits.pt")  # no row_ids
-    ref = ctg.summarize_cv([single])
+    ref = ctg_cv.summarize_cv([single])
     for k in ("graph_top1", "graph_class_avg"):
         assert res["folds"][0][k] == pytest.approx(ref["folds"][0][k], abs=1e-12), k
+
+
+def test_data_package_imports_no_upper_layer() -> None:
+    """Layering: the data package (reader, features, generator, bundle) loads no module of
+    softnce.harness, softnce.experiments or softnce.cli, not even through softnce.data."""
+    import subprocess
+    import sys
+
+    code = ("import sys, softnce.data.celltypegraph as c; "
+            "assert 'celltypegraph' in __import__('softnce.data', fromlist=['DATASETS']).DATASETS; "
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+            "(['softnce', 'harness'], ['softnce', 'experiments'], ['softnce', 'cli'])))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]", done.stdout

@@ -10,23 +10,21 @@ import pytest
 import torch
 
 from softnce import SoftTargetInfoNCE
+from softnce.cli.toy import add_arguments, config_from_args, main
 from softnce.experiments.toy import (
     APPLICABLE,
     DGPS,
     ESTIMATORS,
     FitSettings,
     _Queue,
-    add_arguments,
     cc_log_normalizer,
     cc_mean,
     claim_verdicts,
     conditional_kl,
-    config_from_args,
     contrastive_step_loss,
     fit_estimator,
     fit_many,
     generate,
-    main,
     make_true_weights,
     relative_error,
     sample_categorical,
@@ -285,7 +283,7 @@ def test_claim_verdicts(errs, verdict):
 # ------------------------------------------------------------------------------- command
 def test_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "toy"
-    assert main(["--quick", "--out", str(out)]) == 0
+    assert main(["--quick", "--output-dir", str(out)]) == 0
     with open(out / "toy_runs.csv") as f:
         rows = list(csv.DictReader(f))
     per_dgp = {d: len(APPLICABLE[d]) for d in DGPS}
@@ -313,7 +311,42 @@ def test_cli_arguments_and_errors(tmp_path, capsys):
     cfg = config_from_args(args)
     assert cfg.scales == (1.0, 2.0) and cfg.dgps == ("categorical",) and cfg.fit.epochs == 2
     assert cfg.estimators_for("categorical") == ("nll",) and cfg.seeds == 2
-    assert main(["--quick", "--seeds", "1", "--out", str(tmp_path)]) == 2
+    assert main(["--quick", "--seeds", "1", "--output-dir", str(tmp_path)]) == 2
     assert "seeds must be an int >= 2; found 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--scales", "a,b"])
+
+
+def test_output_dir_is_the_documented_name_and_out_a_hidden_alias(tmp_path):
+    parser = argparse.ArgumentParser(prog="softnce toy")
+    add_arguments(parser)
+    help_text = parser.format_help()
+    assert "--output-dir" in help_text and "--out " not in help_text
+    assert "--out\n" not in help_text and "--out," not in help_text
+    assert parser.parse_args([]).output_dir.as_posix() == "outputs/toy"
+    assert parser.parse_args(["--output-dir", str(tmp_path / "a")]).output_dir == tmp_path / "a"
+    assert parser.parse_args(["--out", str(tmp_path / "b")]).output_dir == tmp_path / "b"
+    assert not hasattr(parser.parse_args(["--out", str(tmp_path / "b")]), "out")
+    # the alias reaches the run: --replot of a small CSV writes into the folder either flag names
+    from softnce.experiments.toy import FIELDS
+
+    csv_path = tmp_path / "runs.csv"
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        for r in _rows({"nll": (0.1, 0.5), "infonce-batch": (0.1, 0.2)}):
+            w.writerow({**r, "scale": 1 / r["uncertainty"], "epsilon": 0.0, "n": 100,
+                        "kl": 0.01, "pred_kl": 0.02, "steps": 1, "fit_seconds": 0.0})
+    for flag in ("--out", "--output-dir"):
+        folder = tmp_path / flag.strip("-")
+        assert main(["--quick", "--dgp", "categorical", flag, str(folder),
+                     "--replot", str(csv_path)]) == 0
+        assert "| nll |" in (folder / "toy_summary.md").read_text()
+        assert (folder / "toy_uncertainty.png").is_file()
+
+def test_the_softnce_command_parses_the_alias(tmp_path):
+    from softnce.cli import build_parser
+
+    parser, _ = build_parser()
+    args = parser.parse_args(["toy", "--quick", "--out", str(tmp_path)])
+    assert args.output_dir == tmp_path

@@ -32,7 +32,6 @@ __all__ = ["ExtremeGaussian", "hash_normal", "build_extreme_synthetic"]
 
 _TRUTH_LIMIT = 20_000_000  # store val_true_probs (N_val x C) only up to this many entries
 _STREAM_PROTOTYPES, _STREAM_TRAIN, _STREAM_VAL, _STREAM_LABELS = 1, 2, 3, 4
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
