@@ -25,6 +25,7 @@ from _helpers import free_port as _free_port
 from softnce import SoftTargets
 from softnce.data import DATASETS, DataBundle
 from softnce.harness.config import ConfigError, load_config
+from softnce.harness.evaluation import truth_metrics
 from softnce.harness.mixing import BatchTargetBuilder
 from softnce.harness.trainer import (
     KILL_ENV,
@@ -34,7 +35,6 @@ from softnce.harness.trainer import (
     lr_at,
     register_loss,
     train,
-    truth_metrics,
 )
 from softnce.models import MODELS
 

@@ -39,15 +39,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 
 from softnce.data import DATASETS, DataError
 from softnce.harness.config import ConfigError, TrainConfig
-from softnce.harness.evaluation import heldout_metrics, truth_metrics
+from softnce.harness.evaluation import SAVE_LOGITS_LIMIT, EvaluationMixin  # noqa: F401
 from softnce.harness.losses import LOSSES, LossSpec, build_loss, noise_probs, register_loss  # noqa: F401
 from softnce.harness.mixing import (
     BatchTargetBuilder,
 )
+from softnce.harness.progress import ProgressMixin
+from softnce.harness.samplers import ResumableDistributedSampler, ShardSampler  # noqa: F401
 from softnce.harness.state import (  # noqa: F401
     _atomic_write_text,
     _batch_len,
@@ -77,7 +79,6 @@ CHECKPOINT = "checkpoint.pt"
 METRIC_KEYS = ("top1", "top5", "ece", "mce", "ace", "nll", "brier")
 #: Test hook: the process SIGKILLs itself right after this optimiser step (and its checkpoint).
 KILL_ENV = "SOFTNCE_DEBUG_SIGKILL_AFTER_STEP"
-SAVE_LOGITS_LIMIT = 20_000_000  # N_val * C floats for save_val_logits="auto"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,38 +87,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------- samplers
-class ResumableDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` (order = f(seed, epoch)) that can skip the first ``skip`` samples
-    of this rank's share, to resume in the middle of an epoch."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.skip = 0
-
-    def set_skip(self, skip: int) -> None:
-        self.skip = int(skip)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.skip:])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.skip)
-
-
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...`` (no padding: every sample evaluated exactly once)."""
-
-    def __init__(self, n: int, rank: int, world: int) -> None:
-        self.n, self.rank, self.world = n, rank, world
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.world))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
-
-
-
 class _ForwardLoss(nn.Module):
     """``model_input, targets -> loss`` as one module, so DDP sees the whole computation (the
     model's ``compute_loss`` hook included). The criterion is not a submodule (its buffers, e.g.
@@ -140,7 +109,7 @@ class _ForwardLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------ trainer
-class Trainer:
+class Trainer(EvaluationMixin, ProgressMixin):
     """One run; :meth:`run` returns the summary dict (also written to ``summary.json``)."""
 
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> None:
@@ -586,144 +555,6 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def evaluate(self, split: str = "val", keep: bool | None = None
-                 ) -> tuple[dict[str, float], torch.Tensor | None, torch.Tensor | None]:
-        """Metrics on ``split`` (``"val"``: the calibration split, or ``"test"``) on all ranks
-        and, if kept (``keep``; default: the ``save_val_logits`` rule), the gathered logits."""
-        from softnce.metrics import CalibrationMeter
-
-        cfg, b = self.cfg, self.bundle
-        data = b.val if split == "val" else b.test
-        true_probs = b.val_true_probs if split == "val" else b.test_true_probs
-        model = self.ema.module if self.ema is not None else self.model
-        was_training = model.training
-        model.eval()
-        meter = CalibrationMeter(n_bins=15, inputs="logits", temperature=cfg.temperature,
-                                 num_classes=b.num_classes, topk=(1, 5))
-        sampler = ShardSampler(len(data), self.rank, self.world)
-        gen = torch.Generator()
-        gen.manual_seed(0)
-        loader = self._loader(data, cfg.resolved_eval_batch_size, sampler, False, gen)
-        stats_hook = getattr(model, "eval_stats", None)
-        if keep is None:
-            keep = (cfg.save_val_logits is True
-                    or (cfg.save_val_logits == "auto"
-                        and len(data) * b.num_classes <= SAVE_LOGITS_LIMIT)
-                    or true_probs is not None)
-        keep = keep and stats_hook is None
-        # optional ``bundle.extra["val_row_ids"]``: batch -> (rows,) int64 stable key per row,
-        # saved as ``row_ids`` in val_logits.pt so row order never matters (multi-process eval)
-        row_ids_fn = b.extra.get(f"{split}_row_ids") if isinstance(b.extra, dict) else None
-        all_logits, all_labels, all_ids, masked = [], [], [], False
-        self.val_row_ids = None
-        for batch in loader:
-            batch = move_to(batch, self.device)
-            x, labels, _soft, mask = b.unpack(batch)
-            kw = {"mask": mask} if mask is not None else {}
-            if stats_hook is not None:
-                with self._autocast():
-                    stats = stats_hook(x, labels, cfg.temperature, **kw)
-                meter.update_stats(**stats)
-                continue
-            with self._autocast():
-                logits = model(x)
-            logits = logits.float()
-            if mask is not None:
-                logits, labels = logits[mask], labels[mask]
-                masked = True
-            meter.update(logits, labels)
-            if keep:
-                all_logits.append(logits.cpu())
-                all_labels.append(labels.cpu())
-                if row_ids_fn is not None:
-                    ids = row_ids_fn(batch)
-                    all_ids.append((ids[mask] if mask is not None else ids).long().cpu())
-        metrics = meter.compute()
-        model.train(was_training)
-        if not keep:
-            return metrics, None, None
-        logits = torch.cat(all_logits) if all_logits else torch.zeros(0, b.num_classes)
-        labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
-        row_ids = (torch.cat(all_ids) if all_ids else torch.zeros(0, dtype=torch.long)) \
-            if row_ids_fn is not None else None
-        if self.world > 1:
-            parts: list[Any] = [None] * self.world
-            dist.all_gather_object(parts, (logits, labels, row_ids))
-            if masked:  # order of masked rows is not recoverable; concatenate by rank
-                logits = torch.cat([p[0] for p in parts])
-                labels = torch.cat([p[1] for p in parts])
-                if row_ids is not None:
-                    row_ids = torch.cat([p[2] for p in parts])
-            else:
-                n = sum(len(p[1]) for p in parts)
-                logits = torch.zeros(n, b.num_classes)
-                labels = torch.zeros(n, dtype=torch.long)
-                if row_ids is not None:
-                    row_ids = torch.zeros(n, dtype=torch.long)
-                for r, (lg, lb, ri) in enumerate(parts):
-                    logits[r::self.world] = lg
-                    labels[r::self.world] = lb
-                    if row_ids is not None:
-                        row_ids[r::self.world] = ri
-        if split == "val":
-            self.val_row_ids = row_ids
-        if true_probs is not None and not masked and len(logits) == len(true_probs):
-            metrics.update(truth_metrics(logits, true_probs, cfg.temperature))
-        return metrics, logits, labels
-
-    def _test_evaluation(self) -> dict[str, Any] | None:
-        """The held-out protocol at the end of a run: metrics on the test split raw, and after
-        a temperature fitted on the calibration split only (``*_ts``, ``temperature_ts``)."""
-        if self.bundle.test is None or len(self.bundle.test) == 0:
-            return None
-        metrics, test_logits, test_labels = self.evaluate("test", keep=True)
-        if test_logits is None:  # a model scoring through eval_stats (huge C): raw only
-            return {k: float(v) for k, v in metrics.items()}
-        _, cal_logits, cal_labels = self.evaluate("val", keep=True)
-        out = heldout_metrics(cal_logits, cal_labels, test_logits, test_labels,
-                              self.cfg.temperature, self.bundle.test_true_probs)
-        if self.rank == 0 and test_logits.numel() <= SAVE_LOGITS_LIMIT:
-            atomic_save({"logits": test_logits.float(), "labels": test_labels.long(),
-                         "temperature": self.cfg.temperature,
-                         "temperature_ts": out["temperature_ts"]}, self.out / "test_logits.pt")
-        return out
-
-    def _evaluate_and_record(self, train_loss: float, sps: float, elapsed: float) -> dict:
-        metrics, logits, labels = self.evaluate()
-        epoch = self.epoch if self.step_in_epoch == 0 else \
-            self.epoch + self.step_in_epoch / self.steps_per_epoch
-        rec: dict[str, Any] = {"epoch": epoch, "step": self.global_step,
-                               "train_loss": train_loss,
-                               "lr": self.optimizer.param_groups[0]["lr"]}
-        rec.update({k: (float(v) if isinstance(v, (int, float)) else v)
-                    for k, v in metrics.items()})
-        rec["samples_per_s"] = sps
-        rec["time_s"] = elapsed
-        self.records.append(rec)
-        if self.best is None or (rec["top1"], -rec["nll"]) > (self.best["top1"],
-                                                             -self.best["nll"]):
-            self.best = dict(rec)
-        if self.rank == 0:
-            with open(self.out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            save_logits = logits is not None and (
-                self.cfg.save_val_logits is True
-                or (self.cfg.save_val_logits == "auto"
-                    and logits.numel() <= SAVE_LOGITS_LIMIT))
-            if save_logits:
-                saved = {"logits": logits.float(), "labels": labels.long(),
-                         "epoch": epoch, "temperature": self.cfg.temperature}
-                if getattr(self, "val_row_ids", None) is not None:
-                    saved["row_ids"] = self.val_row_ids
-                atomic_save(saved, self.out / "val_logits.pt")
-            line = (f"epoch {_fmt_epoch(epoch)}/{self.cfg.epochs} step {self.global_step} "
-                    f"loss {train_loss:.4f} top1 {rec['top1']:.4f} nll {rec['nll']:.4f} "
-                    f"ece {rec['ece']:.4f} brier {rec['brier']:.4f}")
-            self._log(line)
-        return rec
-
     # ------------------------------------------------------------------ output
     def _summary(self) -> dict[str, Any]:
         if not self.records:
@@ -761,56 +592,6 @@ class Trainer:
         if self.rank == 0:
             _atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
-
-    def _progress(self) -> Any:
-        if self.cfg.quiet or self.rank != 0:
-            return _NullProgress()
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        console = Console(stderr=True)
-        if self._external_log is None:
-            self._external_log = lambda m: console.print(m, markup=False, highlight=False)
-        return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-
-    def _tensorboard(self) -> Any:
-        if not self.cfg.tensorboard or self.rank != 0:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            return SummaryWriter(log_dir=str(self.out / "tensorboard"))
-        except Exception:  # not installed or broken: TensorBoard is optional, stay silent
-            return None
-
-
-class _NullProgress:
-    def __enter__(self) -> _NullProgress:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def add_task(self, *a: Any, **k: Any) -> int:
-        return 0
-
-    def update(self, *a: Any, **k: Any) -> None:
-        return None
-
-
-def _fmt_epoch(epoch: float) -> str:
-    return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.2f}"
-
-
 
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one training job; returns the summary (also in ``<output_dir>/summary.json``)."""
