@@ -363,7 +363,11 @@ def check_data(runs: Sequence[Any]) -> None:
         try:
             DATASETS.get(c.dataset)(c)
         except (DataError, ConfigError) as e:
-            raise StudyError(f"{r.label}: {e}") from None
+            hint = ""
+            if "'label_noise'" in str(e):
+                hint = (" (label noise on the training labels needs the data layer's "
+                        "dataset_options.label_noise, not available for this data set yet)")
+            raise StudyError(f"{r.label}: {e}{hint}") from None
         except ImportError as e:
             raise StudyError(f"{r.label}: dataset {c.dataset!r} needs a package that is not "
                              f"installed: {e}") from None
