@@ -232,3 +232,31 @@ def test_runner_reuses_only_complete_matching_runs(tmp_path):
     runner.run_all([r], echo=lines.append)
     assert lines == ["planned 1 run(s): 1 already complete, 0 to train with 1 job(s); "
                      "estimate ~0 s (rough)"]
+
+
+def test_test_split_and_scaled_metrics_are_used_when_the_harness_writes_them(tmp_path,
+                                                                             monkeypatch):
+    """The protocol block ``"test"`` (raw and ``_ts`` metrics) wins over ``"final"``."""
+    real = runner._train_one
+
+    def with_test_block(cfg):
+        s = real(cfg)
+        f = s["final"]
+        s["test"] = {**{k: f[k] for k in ("top1", "top5", "ece", "ace", "mce", "nll", "brier")},
+                     **{k + "_ts": f[k] / 2 for k in ("ece", "nll")}, "temperature_ts": 1.5}
+        s["splits"] = {"train": 1, "calibration": 2, "test": 3}
+        return s
+
+    monkeypatch.setattr(runner, "_train_one", with_test_block)
+    out = tmp_path / "t"
+    assert _study(["custom", "--grid", "smoothing=0,0.1", "--losses", "soft-ce,soft-infonce",
+                   "--quick", "--quiet", "--set", "max_steps=2"], out) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["split"] == "test"
+    assert summary["settings"]["splits"] == {"train": 1, "calibration": 2, "test": 3}
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"ece_ts", "nll_ts", "temperature_ts"} <= set(header)
+    assert any(v["metric"] == "ece_ts" for v in summary["verdicts"])
+    assert (out / "ece_scaling.png").is_file()
+    report = (out / "report.md").read_text()
+    assert "Split: **test**" in report and "ECE after temperature scaling" in report

@@ -68,14 +68,14 @@ def completed_summary(run_dir: str | Path, config: Any) -> dict[str, Any] | None
 def estimate_seconds(configs: Sequence[Any]) -> float:
     """A rough wall-time guess for training ``configs`` one after another on a CPU.
 
-    Calibrated on small tabular models (digits MLP: ~0.1 s per epoch at batch size 64, plus
+    Calibrated on small tabular models (digits MLP: ~0.2 s per epoch at batch size 64, plus
     ~0.3 s per run for building data and model); step cost scales with 64 / batch size. Image
     models are far slower; the progress lines refine the guess after each run.
     """
     total = 0.0
     for c in configs:
         epochs = c.epochs if c.max_steps is None else min(c.epochs, max(1, c.max_steps // 20))
-        total += 0.3 + 0.1 * epochs * max(0.25, 64 / max(1, c.batch_size))
+        total += 0.3 + 0.2 * epochs * max(0.25, 64 / max(1, c.batch_size))
     return total
 
 

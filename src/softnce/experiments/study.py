@@ -62,7 +62,7 @@ VERDICT_METRICS = ("top1", "ece", "ece_ts", "nll", "nll_ts", "kl_to_truth")
 NEGATIVE_KEYS = {"negatives", "noise", "queue_size", "num_negatives", "simplex_concentration",
                  "gather_distributed"}
 SOFT_KEYS = {"smoothing", "mixup", "cutmix", "mix_prob", "switch_prob", "mix_mode"}
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
+_SAFE = re.compile(r"-?[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 
 
 class StudyError(ValueError):
@@ -173,7 +173,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
     Study("smoothing", "accuracy and calibration against the label-smoothing eps",
           _smoothing, ("soft-ce", "soft-infonce"), seeds=5, epochs=30),
     Study("batch-size", "small-batch failure; coupled (batch) vs separated negatives",
-          _batch, PAPER, seeds=3, epochs=15, quick_losses=("soft-ce", "soft-infonce"),
+          _batch, PAPER, seeds=3, epochs=10, quick_losses=("soft-ce", "soft-infonce"),
           notes=("nll and soft-ce do not use negatives: they are swept over the batch size only "
                  "and serve as references at every negatives setting.",)),
     Study("head", "linear-head failure signature (mlp = the paper's 3-layer head)",
