@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from softnce.data import DATASETS, DataError
+from softnce.data.image_factories import build_image_transforms
 from softnce.data.images import (
     NORMALIZATION,
     CorruptImageError,
     DatasetFormatError,
     DatasetNotFoundError,
-    build_image_transforms,
     load_cifar,
     load_imagefolder,
     load_tiny_imagenet,
@@ -31,7 +31,7 @@ PAPER_AUG = {"aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "remode": "pixel", "r
 def _cfg(data_path, input_size=32, **kw):
     return SimpleNamespace(
         data_path=str(data_path), input_size=input_size, augment=dict(PAPER_AUG),
-        dataset_options={}, num_classes=None, **kw,
+        dataset_options={"calibration_fraction": 0}, num_classes=None, **kw,
     )
 
 
@@ -64,9 +64,29 @@ def test_imagefolder_labels_and_counts(tmp_path):
     assert img.size == (12, 10) and y == 0
 
 
+def test_calibration_split_is_carved_from_train_and_can_be_turned_off(tmp_path):
+    _folder_tree(tmp_path)
+    cfg = _cfg(tmp_path)
+    cfg.dataset_options = {"calibration_fraction": 0.5, "split_seed": 0}
+    b = DATASETS.get("imagefolder")(cfg)
+    assert b.splits["train"] == 3 and b.splits["calibration"] == 3 and b.splits["test"] == 3
+    train_paths = {p for p, _ in b.train.samples}
+    cal_paths = {p for p, _ in b.val.samples}
+    assert not train_paths & cal_paths and len(train_paths | cal_paths) == 6
+    assert b.val.transform is b.test.transform and b.train.transform is not b.val.transform
+    cfg.dataset_options = {"calibration_fraction": 0}
+    b0 = DATASETS.get("imagefolder")(cfg)
+    assert len(b0.train) == 6 and b0.val is b0.test
+    cfg.dataset_options = {"calibration_fraction": 0.9}
+    with pytest.raises(DataError, match="calibration_fraction"):
+        DATASETS.get("imagefolder")(cfg)
+
+
 def test_imagenet_bundle_via_registry(tmp_path):
     _folder_tree(tmp_path)
-    b = DATASETS.get("imagenet")(_cfg(tmp_path))
+    cfg0 = _cfg(tmp_path)
+    cfg0.dataset_options = {"calibration_fraction": 0}  # the paper's split: every train image
+    b = DATASETS.get("imagenet")(cfg0)
     assert b.kind == "image" and b.num_classes == 3 and b.input_shape == (3, 32, 32)
     assert b.train_labels.dtype == torch.int64 and b.train_labels.tolist() == [0, 0, 0, 1, 1, 2]
     x, y = b.train[3]

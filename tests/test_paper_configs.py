@@ -132,6 +132,7 @@ def test_two_training_steps_through_the_harness(path, data_root, tmp_path):
         "--batch-size", "4", "--device", "cpu", "--quiet", "--output-dir", str(out),
         "--finetune", str(data_root / "mae_tiny.pth"),
         "--set", "workers=0", "--set", "eval_batch_size=8",
+        "--set", "dataset_options.calibration_fraction=0",  # tiny fake sets: keep every image
         "--set", "model_options.head_hidden_dim=16",
         "--set", "model_options.timm_kwargs={patch_size: 8, embed_dim: 32, depth: 2, "
                  "num_heads: 2}",

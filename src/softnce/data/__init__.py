@@ -104,7 +104,7 @@ def _import_builtin_modules() -> None:
     import importlib
     import importlib.util
 
-    for mod in ("tabular", "images", "celltypegraph", "extreme"):
+    for mod in ("tabular", "image_factories", "celltypegraph", "extreme"):
         name = f"{__name__}.{mod}"
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
