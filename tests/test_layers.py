@@ -88,3 +88,19 @@ def test_no_module_over_the_size_limit():
     sizes = {str(p.relative_to(root)): len(p.read_text().splitlines())
              for p in root.rglob("*.py")}
     assert {k: v for k, v in sizes.items() if v > 650} == {}
+
+
+def test_missing_optional_dependency_names_the_extra(tmp_path):
+    """A missing extra is a usage error naming what to install, not an ImportError traceback."""
+    code = ("import sys; sys.modules['yaml'] = None\n"
+            "from softnce.cli import main\n"
+            f"sys.exit(main(['train', '--config', 'digits-soft-infonce', '--output-dir', "
+            f"{str(tmp_path / 'r')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'softnce[train]'" in out.stderr and "Traceback" not in out.stderr
+    from softnce._optional import MissingDependencyError, require
+
+    with pytest.raises(MissingDependencyError, match=r"softnce\[graph\]"):
+        require("no_such_module_for_softnce", "graph", "the test")

@@ -56,6 +56,9 @@ def build_image_transforms(
     ``build_transform``) unless ``eval_crop_pct`` is given. The defaults are the paper's
     training recipe; ``scale``/``ratio`` ``None`` mean timm's (0.08, 1) / (3/4, 4/3).
     """
+    from softnce._optional import require
+
+    require("timm", "images", "image transforms")
     from timm.data import create_transform
 
     if not isinstance(input_size, int) or input_size <= 0:

@@ -20,7 +20,9 @@ def build_model(name: str, bundle, cfg) -> nn.Module:
     """Build a registered model; a name that is not registered but is a timm model name is
     handed to the ``"timm"`` factory (registered by :mod:`softnce.models.vit`)."""
     if name not in MODELS and "timm" in MODELS:
-        import timm
+        from softnce._optional import require
+
+        timm = require("timm", "images", f"model {name!r} (a timm model name)")
 
         if timm.is_model(name):
             return MODELS.get("timm")(bundle, cfg)

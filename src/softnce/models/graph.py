@@ -69,6 +69,9 @@ class GCNNodeClassifier(nn.Module):
     def __init__(self, in_features: int, num_classes: int, hidden: int = 128,
                  num_layers: int = 2, dropout: float = 0.5) -> None:
         super().__init__()
+        from softnce._optional import require
+
+        require("torch_geometric", "graph", "the gcn model")
         from torch_geometric.nn.models import GCN
 
         self.in_features = _pos_int("in_features", in_features)

@@ -180,7 +180,9 @@ def build_timm_classifier(
     and ``img_size=input_size``; ``timm_kwargs`` override anything (e.g. ``embed_dim``, ``depth``,
     ``num_heads``, ``patch_size`` for a miniature ViT).
     """
-    import timm
+    from softnce._optional import require
+
+    timm = require("timm", "images", "timm models")
 
     if not isinstance(model_name, str) or not timm.is_model(model_name):
         raise ValueError(
