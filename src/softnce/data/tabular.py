@@ -65,20 +65,24 @@ def _check_num_classes(cfg: Any, name: str, c: int) -> None:
 
 
 def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    """Sorted ``(keep, held_out)`` index arrays, stratified by ``y`` (classes too small to
-    stratify fall back to a plain seeded split)."""
-    from softnce._optional import require
-
-    require("sklearn", "train", "the stratified splits of the embedded data sets")
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    counts = np.bincount(y.astype(np.int64)) if len(y) else np.zeros(0)
-    n_out = int(np.ceil(val_fraction * len(y)))
-    strat = y if (counts[counts > 0].min(initial=2) >= 2 and n_out >= (counts > 0).sum()
-                  and len(y) - n_out >= (counts > 0).sum()) else None
-    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=strat)
-    return np.sort(tr), np.sort(va)
+    """Sorted ``(keep, held_out)`` index arrays, stratified by ``y``: ``ceil(fraction * N)``
+    rows held out, allotted to the classes in proportion to their size (largest remainders
+    first, ties by class index), each class's rows drawn with ``numpy.random.default_rng(seed)``.
+    Pure numpy (no scikit-learn import on the way to a run)."""
+    y = np.asarray(y).astype(np.int64)
+    n = len(y)
+    n_out = min(n - 1, int(np.ceil(val_fraction * n))) if n > 1 else 0
+    classes, counts = np.unique(y, return_counts=True)
+    share = counts * (n_out / max(n, 1))
+    take = np.floor(share).astype(np.int64)
+    order = sorted(range(len(classes)), key=lambda i: (-(share[i] - take[i]), i))
+    for i in order[: n_out - int(take.sum())]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    held = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]
+    out = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    keep = np.setdiff1d(np.arange(n), out)
+    return keep, out
 
 
 def three_way_split(y: np.ndarray, calibration_fraction: float, test_fraction: float,
@@ -220,15 +224,30 @@ def build_digits(cfg: Any) -> DataBundle:
     """Options (:data:`SPLIT_DEFAULTS`): ``calibration_fraction`` (0.2), ``test_fraction`` (0.2),
     ``split_seed`` (0; the split does not follow ``seed``), ``label_noise`` (0).
     Train / calibration / test = 1077 / 360 / 360."""
-    from sklearn.datasets import load_digits
-
     o = _options("digits", cfg, SPLIT_DEFAULTS)
     _check_num_classes(cfg, "digits", 10)
-    d = load_digits()
-    x, y = d.data.astype(np.float32) / 16.0, d.target.astype(np.int64)
+    data = _digits_array()
+    x, y = data[:, :-1].astype(np.float32) / 16.0, data[:, -1].astype(np.int64)
     return split_bundle("digits", x, y, 10, o, default_model="mlp",
                         class_names=[str(i) for i in range(10)],
                         extra={"image_shape": (1, 8, 8)})
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_array() -> np.ndarray:
+    """scikit-learn's ``digits.csv.gz`` (what ``load_digits`` reads), read without importing
+    scikit-learn (which costs about 1.5 s at start-up)."""
+    import gzip
+    import importlib.util
+
+    from softnce._optional import require
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
+    if spec is None or spec.origin is None:
+        require("sklearn", "train", "dataset 'digits'")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt") as fh:
+        return np.loadtxt(fh, delimiter=",")
 
 
 def _sklearn_bundle(name: str, loader: str, cfg: Any) -> DataBundle:

@@ -176,7 +176,10 @@ class EvaluationMixin:
                          "temperature_ts": out["temperature_ts"]}, self.out / "test_logits.pt")
         return out
 
-    def _evaluate_and_record(self, train_loss: float, sps: float, elapsed: float) -> dict:
+    def _evaluate_and_record(self, train_loss: float, sps: float, elapsed: float,
+                             final: bool = True) -> dict:
+        """Evaluate on the calibration split, append to metrics.jsonl; ``val_logits.pt`` is
+        written at the final evaluation only (one write per run, not one per epoch)."""
         metrics, logits, labels = self.evaluate()
         epoch = self.epoch if self.step_in_epoch == 0 else \
             self.epoch + self.step_in_epoch / self.steps_per_epoch
@@ -194,7 +197,7 @@ class EvaluationMixin:
         if self.rank == 0:
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-            save_logits = logits is not None and (
+            save_logits = final and logits is not None and (
                 self.cfg.save_val_logits is True
                 or (self.cfg.save_val_logits == "auto"
                     and logits.numel() <= SAVE_LOGITS_LIMIT))

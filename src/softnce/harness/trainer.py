@@ -49,7 +49,11 @@ from softnce.harness.mixing import (
     BatchTargetBuilder,
 )
 from softnce.harness.progress import ProgressMixin
-from softnce.harness.samplers import ResumableDistributedSampler, ShardSampler  # noqa: F401
+from softnce.harness.samplers import (  # noqa: F401
+    ResumableDistributedSampler,
+    ShardSampler,
+    TensorBatchLoader,
+)
 from softnce.harness.state import (  # noqa: F401
     _atomic_write_text,
     _batch_len,
@@ -229,6 +233,9 @@ class Trainer(EvaluationMixin, ProgressMixin):
             return b.loader_factory(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                                     num_workers=self.cfg.workers, drop_last=drop_last,
                                     generator=generator)
+        if (isinstance(dataset, torch.utils.data.TensorDataset) and b.collate_fn is None
+                and self.cfg.workers == 0):
+            return TensorBatchLoader(dataset.tensors, batch_size, sampler, drop_last)
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, collate_fn=b.collate_fn,
             num_workers=self.cfg.workers, drop_last=drop_last, generator=generator,
@@ -489,7 +496,8 @@ class Trainer(EvaluationMixin, ProgressMixin):
                     self.epoch += 1
                     self.step_in_epoch = 0
                 if last or (epoch_done and self.epoch % cfg.eval_every == 0):
-                    rec = self._evaluate_and_record(train_loss, sps, time.perf_counter() - t_run)
+                    rec = self._evaluate_and_record(train_loss, sps, time.perf_counter() - t_run,
+                                                   final=last)
                     if writer is not None:
                         for k in METRIC_KEYS:
                             writer.add_scalar(f"val/{k}", rec[k], self.global_step)
@@ -535,7 +543,8 @@ class Trainer(EvaluationMixin, ProgressMixin):
                         f"{self.global_step + 1} (epoch {self.epoch + 1}, micro-batch {i + 1}/"
                         f"{group}); the last good checkpoint in {self.out} was kept"
                     )
-                self.scaler.scale(loss / group).backward()
+                scaled = loss / group if group > 1 else loss
+                (self.scaler.scale(scaled) if self.scaler.is_enabled() else scaled).backward()
             self.loss_sum += value
             self.loss_count += 1
             self._last_loss = value
@@ -543,8 +552,11 @@ class Trainer(EvaluationMixin, ProgressMixin):
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
