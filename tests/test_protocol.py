@@ -107,3 +107,16 @@ def test_temperature_scaler_bounds_that_exclude_one():
     assert rep["nll_after"] == pytest.approx(nll_at, rel=1e-9)
     assert rep["nll_before"] == pytest.approx(float(torch.nn.functional.cross_entropy(
         z.double(), y)), rel=1e-9)
+
+
+def test_steps_per_epoch_do_not_depend_on_how_the_step_is_split(tmp_path):
+    from softnce.harness.trainer import Trainer
+
+    def steps(**kw):
+        cfg = TrainConfig(dataset="digits", loss="nll", epochs=1, quiet=True, max_steps=1,
+                          output_dir=str(tmp_path / str(len(list(tmp_path.iterdir())))), **kw)
+        tr = Trainer(cfg)
+        tr.run()
+        return tr.steps_per_epoch
+
+    assert steps(batch_size=64) == steps(batch_size=16, accum_steps=4) == 1077 // 64

@@ -278,7 +278,13 @@ class Trainer(EvaluationMixin, ProgressMixin):
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split "
                               f"per process ({per_rank} samples) with an even batch needed")
         self.n_micro = n_micro
-        self.steps_per_epoch = math.ceil(n_micro / cfg.accum_steps)
+        # With full batches (drop_last) an optimiser step is accum_steps full micro-batches and
+        # the leftover micro-batches are dropped too, so an epoch has as many steps with
+        # --batch-size 64 as with --batch-size 16 --set accum_steps=4 (the same schedule).
+        if drop_last and n_micro >= cfg.accum_steps:
+            self.steps_per_epoch = n_micro // cfg.accum_steps
+        else:
+            self.steps_per_epoch = math.ceil(n_micro / cfg.accum_steps)
 
         # optimisation
         from softnce.harness.optim import build_optimizer
