@@ -104,3 +104,18 @@ def test_missing_optional_dependency_names_the_extra(tmp_path):
 
     with pytest.raises(MissingDependencyError, match=r"softnce\[graph\]"):
         require("no_such_module_for_softnce", "graph", "the test")
+
+
+def test_main_job_needs_only_the_train_extra(tmp_path):
+    """`pip install -e '.[train]' && softnce compare` (the README's main job): the packages of
+    the other extras are made unimportable and the compare still runs."""
+    code = ("import sys\n"
+            "for m in ('timm', 'torchvision', 'torch_geometric', 'h5py', 'torchmetrics'):\n"
+            "    sys.modules[m] = None\n"
+            "from softnce.cli import main\n"
+            f"sys.exit(main(['compare', '--quick', '--quiet', '--output-dir', "
+            f"{str(tmp_path / 'cmp')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "cmp" / "report.md").is_file()
