@@ -224,11 +224,14 @@ def check_simplex_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
     """Rows of an (M, C) floating matrix on the probability simplex: finite, non-negative,
     summing to one within :func:`simplex_atol` of ``rows.dtype``.
 
-    Cost in the valid case: two reductions (row sums accumulated in float64 without a float64
-    copy, and the minimum) and one host synchronisation."""
+    Cost in the valid case: two reductions (row sums and the minimum, no copy of ``rows``) and
+    one host synchronisation. The row sums accumulate in float32 (float64 for float64 rows):
+    their rounding error, about ``C * 6e-8`` relative at worst and far less with pairwise
+    summation, is negligible against the 1e-3 floor of :func:`simplex_atol`."""
     if not rows.numel():
         return rows
-    sums = rows.sum(dim=1, dtype=torch.float64)  # NaN/inf entries make their row sum non-finite
+    acc = None if rows.dtype in (torch.float32, torch.float64) else torch.float32
+    sums = rows.sum(dim=1, dtype=acc)  # NaN/inf entries make their row sum non-finite
     atol = simplex_atol(rows.dtype)
     ok = ((sums - 1.0).abs() <= atol).all() & (rows.amin() >= 0)
     if bool(ok):

@@ -212,10 +212,13 @@ class _SparseScores(torch.autograd.Function):
         rs = z.sum(dim=1)
         s = None
         if idx is not None:
+            m = idx.shape[0]
             s = rs.unsqueeze(1) * u.unsqueeze(0)
             s = torch.where(u.unsqueeze(0) == 0, torch.zeros_like(s), s)
+            # one column gather for all k components (faster than k gathers)
+            g = z.index_select(1, idx.t().reshape(-1))
             for r in range(idx.shape[1]):
-                s.addcmul_(z.index_select(1, idx[:, r]), w[:, r].unsqueeze(0))
+                s.addcmul_(g[:, r * m:(r + 1) * m], w[:, r].unsqueeze(0))
         else:
             s = z.new_zeros(n, 0)
         if pidx is not None:
@@ -243,7 +246,8 @@ class _SparseScores(torch.autograd.Function):
         if idx is not None and g_s is not None and g_s.numel():
             k, m = idx.shape[1], idx.shape[0]
             src = (g_s.unsqueeze(1) * w.t().unsqueeze(0)).reshape(n, k * m)
-            grad.scatter_add_(1, idx.t().reshape(1, k * m).expand(n, k * m), src)
+            # index_add_ along dim 1 was ~1.7x faster than scatter_add_ with an expanded index
+            grad.index_add_(1, idx.t().reshape(-1), src)
         if pidx is not None and g_p is not None:
             grad.scatter_add_(1, pidx, g_p.unsqueeze(1) * pw)
         return grad, None, None, None, None, None, None
@@ -892,7 +896,8 @@ class SoftTargetInfoNCE(nn.Module):
         with torch.no_grad():
             conc = torch.full((num_classes,), self.simplex_concentration, dtype=dtype,
                               device=device)
-            neg = torch.distributions.Dirichlet(conc).sample((self.num_negatives,))
+            neg = torch.distributions.Dirichlet(conc, validate_args=False).sample(
+                (self.num_negatives,))
             if self.gather_distributed and is_distributed():
                 broadcast_(neg, src=0)
         self.last_negatives = neg
