@@ -21,8 +21,19 @@ predictions and calibration from ``softmax(z / tau)``. One-hot targets give hard
 
 Cost: the score matrix is one product ``(z / tau) Y^T`` plus a per-candidate offset
 ``-(log q) . y_j`` — O(N M C) for dense targets and O(N M k + N C) for ``SoftTargets`` with ``k``
-components — never the (N, M, C) broadcast of the published implementation. Scores are computed
-in float32 (float64 stays float64) with autocast disabled, so the loss is safe under AMP.
+components — never the (N, M, C) broadcast of the published implementation. ``1 / tau`` is
+folded into the (N, M) scores (the (N, C) logits are never divided). For ``SoftTargets`` a custom
+autograd function reads the logits once forward (row sums and one column gather) and writes
+their gradient directly (one fill with the uniform part, one ``index_add_`` of the components).
+Scores are computed in float32 (float64 stays float64) with autocast disabled, so the loss is
+safe under AMP.
+
+Checks: with ``validate_args=True`` (default) the logits are *not* scanned; a NaN or infinite
+logit reaches the (N,) row sums or the per-row losses, which are checked (one host
+synchronisation), and only then is the tensor scanned to produce the usual message. Targets are
+checked with fused reductions; ``SoftTargets`` once per batch. ``validate_args=False`` reads no
+value on the host (except the queue length in ``negatives="queue"`` and the sizes exchanged by
+distributed gathering).
 
 Candidate sets (``negatives=`` of :class:`SoftTargetInfoNCE`):
 
@@ -591,6 +602,10 @@ def soft_target_cross_entropy(
     validate_args: bool = True,
 ) -> torch.Tensor:
     r"""Soft-target cross-entropy ``loss_i = -(y_i . log_softmax(z_i / tau))``.
+
+    Checks as :func:`soft_target_infonce` (no (N, C) scan of the logits when they are finite;
+    nothing read on the host with ``validate_args=False``); an empty batch gives 0 with a zero
+    gradient (``"mean"``/``"sum"``) or an empty tensor (``"none"``).
 
     Example::
 
