@@ -28,7 +28,7 @@ C = 6
 TAU = 0.7
 CASES = ("batch-dense", "batch-int", "batch-soft-k1-k2", "batch-dense-and-soft", "batch-mean",
          "batch-local-only", "gather-int", "gather-mixed-error", "gather-dtypes",
-         "gather-classes-error", "queue", "sampled")
+         "gather-classes-error", "queue", "sampled", "step-candidates")
 
 
 def _split(sizes: list[int], rank: int) -> slice:
@@ -177,6 +177,30 @@ def _run_cases(rank: int) -> list[str]:
         torch.testing.assert_close(out, ref_separated_infonce(z_global[sl], local[rank], negs, q,
                                                               TAU, "none"))
     done.append("sampled")
+
+    # --- step candidates: local steps of 3 and 5 rows split into micro-batches; every micro-batch
+    # row is scored against the global step (both ranks); the weighted micro losses and their
+    # gradients equal the rows of one process on the concatenated step
+    local, glob = _global_targets("soft", sizes, gen)
+    z_global = torch.randn(sum(sizes), C, generator=gen, dtype=torch.float64)
+    sl = _split(sizes, rank)
+    step_fn = SoftTargetInfoNCE(q, TAU, reduction="sum")
+    z = z_global[sl].detach().clone().requires_grad_()
+    splits = [[1, 2], [2, 2, 1]][rank]  # different numbers of micro-batches per rank
+    total = torch.zeros((), dtype=torch.float64)
+    with step_fn.step_candidates(local[rank]):
+        start = 0
+        for nb in splits:
+            part = step_fn(z[start:start + nb], local[rank][start:start + nb])
+            part.backward()
+            total = total + part.detach()
+            start += nb
+    zg = z_global.detach().clone().requires_grad_()
+    ref = ref_batch_infonce(zg, glob, q, TAU, reduction="none")
+    ref[sl].sum().backward()
+    torch.testing.assert_close(total, ref.detach()[sl].sum())
+    torch.testing.assert_close(z.grad, zg.grad[sl])
+    done.append("step-candidates")
     return done
 
 

@@ -21,8 +21,19 @@ predictions and calibration from ``softmax(z / tau)``. One-hot targets give hard
 
 Cost: the score matrix is one product ``(z / tau) Y^T`` plus a per-candidate offset
 ``-(log q) . y_j`` — O(N M C) for dense targets and O(N M k + N C) for ``SoftTargets`` with ``k``
-components — never the (N, M, C) broadcast of the published implementation. Scores are computed
-in float32 (float64 stays float64) with autocast disabled, so the loss is safe under AMP.
+components — never the (N, M, C) broadcast of the published implementation. ``1 / tau`` is
+folded into the (N, M) scores (the (N, C) logits are never divided). For ``SoftTargets`` a custom
+autograd function reads the logits once forward (row sums and one column gather) and writes
+their gradient directly (one fill with the uniform part, one ``index_add_`` of the components).
+Scores are computed in float32 (float64 stays float64) with autocast disabled, so the loss is
+safe under AMP.
+
+Checks: with ``validate_args=True`` (default) the logits are *not* scanned; a NaN or infinite
+logit reaches the (N,) row sums or the per-row losses, which are checked (one host
+synchronisation), and only then is the tensor scanned to produce the usual message. Targets are
+checked with fused reductions; ``SoftTargets`` once per batch. ``validate_args=False`` reads no
+value on the host (except the queue length in ``negatives="queue"`` and the sizes exchanged by
+distributed gathering).
 
 Candidate sets (``negatives=`` of :class:`SoftTargetInfoNCE`):
 
@@ -63,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +87,7 @@ from softnce._validation import (
     check_probability_vector,
     check_reduction,
     check_temperature,
+    diagnose_logits,
 )
 from softnce.distributed import broadcast_, gather_targets, is_distributed
 from softnce.targets import SoftTargets
@@ -116,7 +129,8 @@ def prepare_targets(
     """Normalise ``targets`` to a dense (N, C) float tensor or :class:`SoftTargets`.
 
     Integer labels (N,) become one-hot ``SoftTargets`` (k = 1). Shapes are always checked; values
-    (ranges, non-negativity, rows summing to 1) when ``validate_args``.
+    (ranges, non-negativity, rows summing to 1) when ``validate_args`` -- for ``SoftTargets``
+    once per batch (it remembers that it passed).
     """
     if isinstance(targets, SoftTargets):
         if targets.num_classes != num_classes:
@@ -138,56 +152,218 @@ def prepare_targets(
         raise TypeError(f"{name} must be int64 labels or float soft targets; found {targets.dtype}")
     if not targets.is_floating_point():
         labels = check_labels(name, targets, num_classes, batch_size, validate_args)
-        return SoftTargets.from_labels(labels, num_classes, validate_args=False)
+        st = SoftTargets.from_labels(labels, num_classes, validate_args=False)
+        st._validated = bool(validate_args)
+        return st
     return check_dense_targets(name, targets, num_classes, batch_size, validate_args)
 
 
 def _check_call(
     logits: object, targets: object, temperature: object, reduction: object, validate_args: bool
 ) -> tuple[torch.Tensor, Targets, float, str]:
-    """The checks every functional loss runs first; returns the normalised arguments."""
-    logits = check_logits(logits, validate_args)
+    """The checks every functional loss runs first; returns the normalised arguments.
+
+    The logits' values are *not* scanned here: see :func:`_check_result`."""
+    logits = check_logits(logits, False)
     n, c = logits.shape
     tau = check_temperature(temperature)
     reduction = check_reduction(reduction)
     return logits, prepare_targets(targets, c, n, validate_args), tau, reduction
 
 
-def _scores(a: torch.Tensor, candidates: Targets) -> torch.Tensor:
-    """``S_ij = a_i . y_j`` for all pairs: (N, C) x M candidates -> (N, M)."""
+def _check_result(logits: torch.Tensor, loss: torch.Tensor, scorer: object = None,
+                  row_sums: torch.Tensor | None = None, temperature: float | None = None) -> None:
+    """Finiteness of the logits, checked on what was computed from them (no (N, C) pass).
+
+    A NaN or infinite logit reaches the (N,) row sums of the logits (computed anyway by the
+    sparse path, kept by :class:`LogitScorer`) or, through the dense product, the per-row loss.
+    One fused flag and one host synchronisation; only if it fails is the logit tensor scanned
+    (:func:`diagnose_logits`, today's message). Finite logits whose row sum overflows are fine
+    when the loss is finite (a zero uniform mass never multiplies it); a non-finite loss from
+    finite logits is an overflow of the scores and raises naming it."""
+    sums = [row_sums] if row_sums is not None else []
+    if scorer is not None and getattr(scorer, "row_sums", None) is not None:
+        sums.append(scorer.row_sums)
+    ok = torch.isfinite(loss).all()
+    for r in sums:
+        ok = ok & torch.isfinite(r).all()
+    if bool(ok):
+        return
+    diagnose_logits(logits)
+    if bool(torch.isfinite(loss).all()):
+        return
+    amax = float(logits.detach().abs().max())
+    tau = "" if temperature is None else f" and temperature {temperature:g}"
+    raise ValueError(
+        f"the loss must be finite; found a non-finite loss from finite logits (max |logit| = "
+        f"{amax:.4g}{tau}): the scores or the logits' row sums overflow {loss.dtype} -- rescale "
+        f"the logits or pass float64 logits")
+
+
+def _scaled(a: torch.Tensor, scale: float) -> torch.Tensor:
+    return a if scale == 1.0 else a * scale
+
+
+class _SparseScores(torch.autograd.Function):
+    r"""``S_ij = sum_r w_jr z_i[idx_jr] + R_i u_j`` (N, M) and, for a second target set ``p``
+    matching the rows, ``s_i = sum_r wp_ir z_i[idxp_ir] + R_i up_i`` (N,), with the row sums
+    ``R_i = sum_c z_ic`` computed once (also returned, without gradient, for the checks).
+
+    The caller folds ``1 / tau`` and ``1 / C`` into ``w`` and ``u`` (length-M vectors) so the
+    (N, C) logits are never divided. Backward writes the logits' gradient directly: one fill with
+    the uniform part ``sum_j gS_ij u_j + gs_i up_i`` and one ``scatter_add`` of the component
+    parts (``gS_ij w_jr`` at column ``idx_jr``) -- two passes over N x C in all, where autograd
+    through ``index_select``/``sum``/division made six or more. Exactly zero uniform masses
+    contribute exactly zero (no ``inf * 0`` from an overflowed row sum).
+    """
+
+    @staticmethod
+    def forward(ctx, z, idx, w, u, pidx, pw, pu):  # noqa: ANN001, ANN205
+        n = z.shape[0]
+        rs = z.sum(dim=1)
+        s = None
+        if idx is not None:
+            m = idx.shape[0]
+            s = rs.unsqueeze(1) * u.unsqueeze(0)
+            s = torch.where(u.unsqueeze(0) == 0, torch.zeros_like(s), s)
+            # one column gather for all k components (faster than k gathers)
+            g = z.index_select(1, idx.t().reshape(-1))
+            for r in range(idx.shape[1]):
+                s.addcmul_(g[:, r * m:(r + 1) * m], w[:, r].unsqueeze(0))
+        else:
+            s = z.new_zeros(n, 0)
+        if pidx is not None:
+            sp = rs * pu
+            sp = torch.where(pu == 0, torch.zeros_like(sp), sp)
+            sp = sp + (z.gather(1, pidx) * pw).sum(dim=1)
+        else:
+            sp = z.new_zeros(n)
+        ctx.save_for_backward(idx, w, u, pidx, pw, pu)
+        ctx.shape = z.shape
+        ctx.mark_non_differentiable(rs)
+        return s, sp, rs
+
+    @staticmethod
+    def backward(ctx, g_s, g_p, g_rs):  # noqa: ANN001, ANN205
+        idx, w, u, pidx, pw, pu = ctx.saved_tensors
+        n, c = ctx.shape
+        dtype = w.dtype if w is not None else pw.dtype
+        b = torch.zeros(n, dtype=dtype, device=(idx if idx is not None else pidx).device)
+        if idx is not None and g_s is not None and g_s.numel():
+            b = b + g_s @ u
+        if pidx is not None and g_p is not None:
+            b = b + g_p * pu
+        grad = b.unsqueeze(1).expand(n, c).contiguous()
+        if idx is not None and g_s is not None and g_s.numel():
+            k, m = idx.shape[1], idx.shape[0]
+            src = (g_s.unsqueeze(1) * w.t().unsqueeze(0)).reshape(n, k * m)
+            # index_add_ along dim 1 was ~1.7x faster than scatter_add_ with an expanded index
+            grad.index_add_(1, idx.t().reshape(-1), src)
+        if pidx is not None and g_p is not None:
+            grad.scatter_add_(1, pidx, g_p.unsqueeze(1) * pw)
+        return grad, None, None, None, None, None, None
+
+
+def _sparse_args(t: SoftTargets | None, dtype: torch.dtype, scale: float
+                 ) -> tuple[torch.Tensor | None, ...]:
+    if t is None:
+        return None, None, None
+    return (t.indices, t.weights.to(dtype) * scale,
+            t.uniform.to(dtype) * (scale / t.num_classes))
+
+
+def _needs_autograd(t: Targets | None) -> bool:
+    if t is None:
+        return False
+    if isinstance(t, SoftTargets):
+        return t.weights.requires_grad or t.uniform.requires_grad
+    return t.requires_grad
+
+
+def _scores(a: torch.Tensor, candidates: Targets, scale: float = 1.0) -> torch.Tensor:
+    """``S_ij = scale * a_i . y_j`` for all pairs: (N, C) x M candidates -> (N, M)."""
     if isinstance(candidates, SoftTargets):
-        return candidates.scores(a)
-    return a @ candidates.to(a.dtype).T
+        if _needs_autograd(candidates):
+            return candidates.scores(_scaled(a, scale))
+        return _SparseScores.apply(a, *_sparse_args(candidates, a.dtype, scale),
+                                   None, None, None)[0]
+    return _scaled(a @ candidates.to(a.dtype).T, scale)
 
 
-def _row_scores(a: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """``a_i . y_i`` for matching rows -> (N,)."""
+def _row_scores(a: torch.Tensor, targets: Targets, scale: float = 1.0) -> torch.Tensor:
+    """``scale * a_i . y_i`` for matching rows -> (N,)."""
     if isinstance(targets, SoftTargets):
-        return targets.dot_rows(a)
-    return (a * targets.to(a.dtype)).sum(dim=1)
+        if _needs_autograd(targets):
+            return targets.dot_rows(_scaled(a, scale))
+        return _SparseScores.apply(a, None, None, None,
+                                   *_sparse_args(targets, a.dtype, scale))[1]
+    return _scaled((a * targets.to(a.dtype)).sum(dim=1), scale)
 
 
 class LogitScorer:
-    """Scores ``a_i . y_j`` of tempered logits ``a = z / tau`` (N, C) against targets."""
+    """Scores ``a_i . y_j`` of tempered logits ``a = scale * z`` (N, C) against targets.
 
-    def __init__(self, a: torch.Tensor) -> None:
-        self.a = a
+    ``scale`` (``1 / tau``) is folded into the (N, M) scores, so the (N, C) logits are never
+    divided; :attr:`a` builds ``scale * z`` on demand for callers that want it. ``row_sums``
+    holds the (N,) row sums of ``z`` (no gradient) once a sparse product computed them; the
+    losses check their finiteness instead of scanning the logits.
+    """
+
+    def __init__(self, a: torch.Tensor, scale: float = 1.0) -> None:
+        self.z = a
+        self.scale = float(scale)
         self.num_classes = a.shape[1]
         self.device = a.device
         self.dtype = a.dtype
+        self.row_sums: torch.Tensor | None = None
+
+    @property
+    def a(self) -> torch.Tensor:
+        return _scaled(self.z, self.scale)
 
     def __len__(self) -> int:
-        return self.a.shape[0]
+        return self.z.shape[0]
+
+    def pair_and_rows(self, candidates: Targets | None, targets: Targets | None
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(pairwise(candidates), rowwise(targets))`` sharing one pass for the row sums when
+        both are sparse. Either may be ``None`` (then ``None`` is returned in its place)."""
+        sparse_c = candidates is None or (isinstance(candidates, SoftTargets)
+                                          and not _needs_autograd(candidates))
+        sparse_t = targets is None or (isinstance(targets, SoftTargets)
+                                       and not _needs_autograd(targets))
+        if sparse_c and sparse_t and not (candidates is None and targets is None):
+            s, sp, rs = _SparseScores.apply(
+                self.z, *_sparse_args(candidates, self.dtype, self.scale),
+                *_sparse_args(targets, self.dtype, self.scale))
+            self.row_sums = rs
+            return (s if candidates is not None else None), (sp if targets is not None else None)
+        return (None if candidates is None else self.pairwise(candidates),
+                None if targets is None else self.rowwise(targets))
 
     def pairwise(self, candidates: Targets) -> torch.Tensor:
-        return _scores(self.a, candidates)
+        if isinstance(candidates, SoftTargets) and not _needs_autograd(candidates):
+            return self.pair_and_rows(candidates, None)[0]
+        return _scores(self.z, candidates, self.scale)
 
     def rowwise(self, targets: Targets) -> torch.Tensor:
-        return _row_scores(self.a, targets)
+        if isinstance(targets, SoftTargets) and not _needs_autograd(targets):
+            return self.pair_and_rows(None, targets)[1]
+        return _row_scores(self.z, targets, self.scale)
 
 
 def _as_scorer(a: torch.Tensor | LogitScorer) -> LogitScorer:
     return LogitScorer(a) if isinstance(a, torch.Tensor) else a
+
+
+def _pair_and_rows(scorer: object, candidates: Targets | None, targets: Targets | None
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The scorer's fused method when it has one (LogitScorer), else the protocol's two."""
+    fused = getattr(scorer, "pair_and_rows", None)
+    if fused is not None:
+        return fused(candidates, targets)
+    return (None if candidates is None else scorer.pairwise(candidates),
+            None if targets is None else scorer.rowwise(targets))
 
 
 def _candidate_log_noise(candidates: Targets, log_q: torch.Tensor) -> torch.Tensor:
@@ -198,8 +374,11 @@ def _candidate_log_noise(candidates: Targets, log_q: torch.Tensor) -> torch.Tens
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce per-row losses. An empty batch (N = 0) gives 0 for ``"mean"`` and ``"sum"``
+    (connected to the inputs, so ``backward()`` yields a zero gradient) and an empty (0,) tensor
+    for ``"none"``: a shape test, no synchronisation."""
     if reduction == "mean":
-        return loss.mean()
+        return loss.sum() if loss.shape[0] == 0 else loss.mean()
     if reduction == "sum":
         return loss.sum()
     return loss
@@ -215,20 +394,74 @@ def _log_noise(
     return q.to(device=device, dtype=dtype).log()
 
 
+_WARNED_FEW_CANDIDATES = False
+
+
+def _warn_few_candidates(num_candidates: int, n: int, owner: object = None) -> None:
+    """Warn (once per module, or once per process for the functions) that with fewer than two
+    in-batch candidates every row's loss is exactly 0 (a shape test, no synchronisation)."""
+    global _WARNED_FEW_CANDIDATES
+    if n == 0 or num_candidates >= 2:
+        return
+    if owner is not None:
+        if getattr(owner, "_warned_few_candidates", False):
+            return
+        owner._warned_few_candidates = True
+    else:
+        if _WARNED_FEW_CANDIDATES:
+            return
+        _WARNED_FEW_CANDIDATES = True
+    warnings.warn(
+        f"in-batch InfoNCE with {num_candidates} candidate(s): the loss is exactly 0 by "
+        f"construction (the positive is the only candidate); use a batch of at least 2 (across "
+        f"ranks), or negatives='sampled'/'queue'/'simplex'", stacklevel=_user_stacklevel())
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside softnce and torch
+    (the user's call of the loss, through ``nn.Module.__call__`` wrappers)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        mod = frame.f_globals.get("__name__", "")
+        if not (mod.startswith("softnce") or mod.startswith("torch")):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 2
+
+
 def batch_infonce_rows(
     a: torch.Tensor | LogitScorer,
     candidates: Targets,
     log_q: torch.Tensor | None,
     offset: int = 0,
+    extra: tuple[Targets | None, torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Per-row loss with in-batch candidates; ``a = z / tau`` (N, C) (or a scorer), positive of
-    row i is candidate ``offset + i``. Returns (N,)."""
+    row i is candidate ``offset + i``. Returns (N,).
+
+    ``extra = (negatives, candidate_bias, negative_bias)`` appends shared extra negatives (with
+    optional additive biases on the candidates' and the negatives' scores); used by the step
+    candidates of :meth:`SoftTargetInfoNCE.step_candidates` in the queue/sampled/simplex modes."""
     scorer = _as_scorer(a)
     s = scorer.pairwise(candidates)
     if log_q is not None:
         s = s - _candidate_log_noise(candidates, log_q).unsqueeze(0)
+    if extra is not None:
+        negatives, cand_bias, neg_bias = extra
+        if cand_bias is not None:
+            s = s + cand_bias.to(s.dtype).unsqueeze(0)
+        if negatives is not None and len(negatives):
+            s_neg = scorer.pairwise(negatives)
+            if log_q is not None:
+                s_neg = s_neg - _candidate_log_noise(negatives, log_q).unsqueeze(0)
+            if neg_bias is not None:
+                s_neg = s_neg + neg_bias.to(s_neg.dtype).unsqueeze(0)
+            s = torch.cat([s, s_neg], dim=1)
     pos = torch.arange(s.shape[0], device=s.device) + offset
-    return torch.logsumexp(s, dim=1) - s.gather(1, pos.unsqueeze(1)).squeeze(1)
+    # = logsumexp_j s_ij - s_i,pos(i), with the fused log-softmax kernel (fewer passes)
+    return F.cross_entropy(s, pos, reduction="none")
 
 
 def separated_infonce_rows(
@@ -241,20 +474,20 @@ def separated_infonce_rows(
 ) -> torch.Tensor:
     """Per-row loss with the own target as positive and a shared negative set. Returns (N,)."""
     scorer = _as_scorer(a)
-    s_pos = scorer.rowwise(targets)
+    has_neg = negatives is not None and len(negatives) > 0
+    s_neg, s_pos = _pair_and_rows(scorer, negatives if has_neg else None, targets)
     if log_q is not None:
         s_pos = s_pos - _candidate_log_noise(targets, log_q)
     if positive_bias is not None:
         s_pos = s_pos + positive_bias.to(s_pos.dtype)
-    if negatives is None or len(negatives) == 0:
+    if not has_neg:
         return s_pos - s_pos  # a lone positive: zero loss, zero gradient
-    s_neg = scorer.pairwise(negatives)
     if log_q is not None:
         s_neg = s_neg - _candidate_log_noise(negatives, log_q).unsqueeze(0)
     if negative_bias is not None:
         s_neg = s_neg + negative_bias.to(s_neg.dtype).unsqueeze(0)
     s = torch.cat([s_pos.unsqueeze(1), s_neg], dim=1)
-    return torch.logsumexp(s, dim=1) - s_pos
+    return F.cross_entropy(s, s.new_zeros(s.shape[0], dtype=torch.long), reduction="none")
 
 
 # --------------------------------------------------------------------------- functional
@@ -277,9 +510,18 @@ def soft_target_infonce(
         temperature: ``tau > 0``; predictions are ``softmax(logits / tau)``.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (then shape (N,)).
         validate_args: run value checks (finiteness, ranges, simplex rows); shapes always.
+            The logits are not scanned: their finiteness is checked on the (N,) row sums and
+            the per-row loss computed anyway (a NaN/inf logit reaches them), and only on failure
+            is the tensor scanned for the message. With ``validate_args=False`` no value is read
+            on the host (no synchronisation).
 
     Returns:
-        The reduced loss (float32, or float64 for float64 logits).
+        The reduced loss (float32, or float64 for float64 logits). An empty batch (N = 0)
+        gives ``0`` for ``"mean"``/``"sum"`` (with a zero gradient) and an empty tensor for
+        ``"none"``. A batch of one row has a single candidate and a loss of exactly 0 (a
+        ``UserWarning`` is issued once). Finite logits whose scores overflow raise
+        ``ValueError`` (with ``validate_args``) instead of returning inf/NaN; an overflowed row
+        sum of the logits is harmless when no target has a uniform part.
 
     Example::
 
@@ -290,11 +532,14 @@ def soft_target_infonce(
     """
     logits, tgt, tau, reduction = _check_call(logits, targets, temperature, reduction,
                                               validate_args)
-    c = logits.shape[1]
+    n, c = logits.shape
+    _warn_few_candidates(len(tgt), n)
     with _no_autocast(logits.device):
-        a = logits.to(_compute_dtype(logits)) / tau
-        log_q = _log_noise(noise_probs, c, a.dtype, a.device, validate_args)
-        loss = batch_infonce_rows(a, tgt, log_q)
+        scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / tau)
+        log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, validate_args)
+        loss = batch_infonce_rows(scorer, tgt, log_q)
+    if validate_args:
+        _check_result(logits, loss, scorer, temperature=tau)
     return _reduce(loss, reduction)
 
 
@@ -342,9 +587,11 @@ def separated_infonce(
             raise ValueError(f"negative_bias must have shape ({k},) (one per negative); found "
                              f"{tuple(negative_bias.shape)}")
     with _no_autocast(logits.device):
-        a = logits.to(_compute_dtype(logits)) / tau
-        log_q = _log_noise(noise_probs, c, a.dtype, a.device, validate_args)
-        loss = separated_infonce_rows(a, tgt, neg, log_q, positive_bias, negative_bias)
+        scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / tau)
+        log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, validate_args)
+        loss = separated_infonce_rows(scorer, tgt, neg, log_q, positive_bias, negative_bias)
+    if validate_args:
+        _check_result(logits, loss, scorer, temperature=tau)
     return _reduce(loss, reduction)
 
 
@@ -357,6 +604,10 @@ def soft_target_cross_entropy(
 ) -> torch.Tensor:
     r"""Soft-target cross-entropy ``loss_i = -(y_i . log_softmax(z_i / tau))``.
 
+    Checks as :func:`soft_target_infonce` (no (N, C) scan of the logits when they are finite;
+    nothing read on the host with ``validate_args=False``); an empty batch gives 0 with a zero
+    gradient (``"mean"``/``"sum"``) or an empty tensor (``"none"``).
+
     Example::
 
         >>> soft_target_cross_entropy(torch.zeros(1, 4), torch.tensor([1]))  # = log 4
@@ -365,8 +616,21 @@ def soft_target_cross_entropy(
     logits, tgt, tau, reduction = _check_call(logits, targets, temperature, reduction,
                                               validate_args)
     with _no_autocast(logits.device):
-        logp = F.log_softmax(logits.to(_compute_dtype(logits)) / tau, dim=1)
-        loss = -_row_scores(logp, tgt)
+        z = logits.to(_compute_dtype(logits))
+        logp = F.log_softmax(z / tau if tau != 1.0 else z, dim=1)
+        row_sums = None
+        if isinstance(tgt, SoftTargets):
+            if _needs_autograd(tgt):
+                loss = -tgt.dot_rows(logp)
+            else:
+                # the row sums of log p are taken in the same pass: a -inf logit in a class
+                # without target mass reaches them (and the check) but not the loss
+                _, loss, row_sums = _SparseScores.apply(logp, None, None, None,
+                                                        *_sparse_args(tgt, logp.dtype, -1.0))
+        else:
+            loss = -_row_scores(logp, tgt)
+    if validate_args:
+        _check_result(logits, loss, row_sums=row_sums, temperature=tau)
     return _reduce(loss, reduction)
 
 
@@ -399,6 +663,11 @@ class SoftTargetInfoNCE(nn.Module):
 
     The queue is only filled in training mode (``module.train()``); it lives in the buffers
     ``queue_*`` and therefore in ``state_dict``, so a resumed run continues with the same queue.
+    Float64 targets are queued in float64 (the queue is float32 otherwise); a float64
+    ``noise_probs`` is kept in float64.
+
+    Gradient accumulation: :meth:`step_candidates` makes the candidates those of the whole
+    optimiser step, independent of how it is split into micro-batches.
 
     Example::
 
@@ -442,7 +711,8 @@ class SoftTargetInfoNCE(nn.Module):
         self.validate_args = bool(validate_args)
         if noise_probs is not None:
             noise_probs = check_probability_vector("noise_probs", noise_probs, None, validate_args)
-            noise_probs = noise_probs.detach().clone().float()
+            # float64 stays float64 (log q then matches float64 logits to rounding); else float32
+            noise_probs = noise_probs.detach().clone().to(_compute_dtype(noise_probs))
         self.register_buffer("noise_probs", noise_probs)
         # FIFO of past targets: sparse (indices/weights/uniform) unless a dense target was pushed.
         self.register_buffer("queue_indices", torch.zeros(0, 0, dtype=torch.long))
@@ -453,6 +723,8 @@ class SoftTargetInfoNCE(nn.Module):
         self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_negatives", None, persistent=False)
         self._num_classes: int | None = None
+        self._step: dict | None = None
+        self._warned_few_candidates = False
 
     def extra_repr(self) -> str:
         s = f"temperature={self.temperature}, negatives={self.negatives!r}"
@@ -470,12 +742,19 @@ class SoftTargetInfoNCE(nn.Module):
         return prepare_targets(targets, c, n, self.validate_args)
 
     def forward(self, logits: torch.Tensor, targets: Targets) -> torch.Tensor:
-        logits = check_logits(logits, self.validate_args)
-        n, c = logits.shape
+        """The loss of logits (N, C) against targets (see the class docstring).
+
+        With ``validate_args`` the logits are checked on the row sums and per-row losses
+        computed anyway (see :func:`soft_target_infonce`); no (N, C) scan when they are finite.
+        An empty batch gives 0 (``"mean"``/``"sum"``, zero gradient) or an empty tensor."""
+        logits = check_logits(logits, False)
         tgt = self._prepare(logits, targets)
         with _no_autocast(logits.device):
-            a = logits.to(_compute_dtype(logits)) / self.temperature
-            return self.forward_with_scorer(LogitScorer(a), tgt)
+            scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / self.temperature)
+            loss = self._loss_rows(scorer, tgt)
+        if self.validate_args:
+            _check_result(logits, loss, scorer, temperature=self.temperature)
+        return _reduce(loss, self.reduction)
 
     def forward_with_scorer(self, scorer: LogitScorer, targets: Targets) -> torch.Tensor:
         """The loss for prepared targets, with scores ``a_i . y_j`` supplied by ``scorer``.
@@ -483,42 +762,133 @@ class SoftTargetInfoNCE(nn.Module):
         ``scorer`` provides ``num_classes``, ``device``, ``dtype``, ``pairwise(candidates) ->
         (N, M)`` and ``rowwise(targets) -> (N,)`` (see :class:`LogitScorer`); the temperature is
         already inside it. This lets heads that never build (N, C) logits (e.g.
-        :mod:`softnce.embedded`) reuse the candidate sets, queue, sampling and noise correction.
+        :mod:`softnce.embedded`) reuse the candidate sets, queue, sampling, noise correction and
+        :meth:`step_candidates`.
         """
+        return _reduce(self._loss_rows(scorer, targets), self.reduction)
+
+    def _loss_rows(self, scorer: LogitScorer, targets: Targets) -> torch.Tensor:
         c = scorer.num_classes
         if self.noise_probs is not None and self.noise_probs.shape[0] != c:
             raise ValueError(f"noise_probs has length {self.noise_probs.shape[0]} but the targets "
                              f"have C={c} classes")
         log_q = _log_noise(self.noise_probs, c, scorer.dtype, scorer.device, False)
+        if self._step is not None:
+            return self._step_rows(scorer, targets, log_q)
         if self.negatives == "batch":
             cands, offset = (gather_targets(targets) if self.gather_distributed else (targets, 0))
-            loss = batch_infonce_rows(scorer, cands, log_q, offset)
-        elif self.negatives == "queue":
+            _warn_few_candidates(len(cands), len(targets), self)
+            return batch_infonce_rows(scorer, cands, log_q, offset)
+        if self.negatives == "queue":
             loss = separated_infonce_rows(scorer, targets, self.queue_candidates(c), log_q)
             if self.training:
                 self._enqueue(targets)
-        elif self.negatives == "simplex":
+            return loss
+        if self.negatives == "simplex":
             neg = self.sample_simplex_negatives(c, scorer.device, scorer.dtype)
-            pos_bias = neg_bias = None  # uniform: a common constant, which cancels
-            if self.simplex_concentration != 1.0:
-                dense = targets.to_dense(scorer.dtype) if isinstance(targets, SoftTargets) \
-                    else targets.to(scorer.dtype)
-                if self.validate_args and bool((dense <= 0).any()):
-                    row = int((dense <= 0).any(dim=1).nonzero()[0])
-                    raise ValueError(
-                        f"targets must lie strictly inside the simplex (all entries > 0) for "
-                        f"negatives='simplex' with simplex_concentration="
-                        f"{self.simplex_concentration}: the Dirichlet log-density is -inf or "
-                        f"+inf on the simplex's faces; found a zero entry in row {row} (use "
-                        f"simplex_concentration=1, whose density is constant)")
-                pos_bias = -self._dirichlet_log_density(dense)
-                neg_bias = -self._dirichlet_log_density(neg)
-            loss = separated_infonce_rows(scorer, targets, neg, None, pos_bias, neg_bias)
-        else:
-            neg = SoftTargets.from_labels(self.sample_negatives(c, scorer.device), c,
-                                          validate_args=False)
-            loss = separated_infonce_rows(scorer, targets, neg, log_q)
-        return _reduce(loss, self.reduction)
+            pos_bias, neg_bias = self._simplex_biases(targets, neg, scorer.dtype)
+            return separated_infonce_rows(scorer, targets, neg, None, pos_bias, neg_bias)
+        neg = SoftTargets.from_labels(self.sample_negatives(c, scorer.device), c,
+                                      validate_args=False)
+        return separated_infonce_rows(scorer, targets, neg, log_q)
+
+    def _simplex_biases(self, targets: Targets, neg: torch.Tensor | None, dtype: torch.dtype
+                        ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``-log r(y)`` of the targets and of the simplex negatives (``None`` for a = 1, whose
+        constant density cancels)."""
+        if self.simplex_concentration == 1.0:
+            return None, None
+        dense = targets.to_dense(dtype) if isinstance(targets, SoftTargets) \
+            else targets.to(dtype)
+        if self.validate_args and bool((dense <= 0).any()):
+            row = int((dense <= 0).any(dim=1).nonzero()[0])
+            raise ValueError(
+                f"targets must lie strictly inside the simplex (all entries > 0) for "
+                f"negatives='simplex' with simplex_concentration="
+                f"{self.simplex_concentration}: the Dirichlet log-density is -inf or "
+                f"+inf on the simplex's faces; found a zero entry in row {row} (use "
+                f"simplex_concentration=1, whose density is constant)")
+        return (-self._dirichlet_log_density(dense),
+                None if neg is None else -self._dirichlet_log_density(neg))
+
+    # ------------------------------------------------------------ step candidates
+    @contextlib.contextmanager
+    def step_candidates(self, targets: Targets):
+        r"""Use the targets of the whole optimiser step as candidates (gradient accumulation).
+
+        Inside the context every ``forward`` (one per micro-batch, in order) scores its rows
+        against *all* ``targets`` of the step -- gathered across ranks as usual -- and the
+        positive of row ``i`` is its own target at its position in the step (micro-batch ``b``
+        must hold step rows ``sum_{b' < b} n_b' ...``; its ``targets`` argument must be those rows,
+        which is not compared). The candidate set no longer depends on how the step is split:
+
+        * ``"batch"``: candidates = the step targets; the micro-batch losses, weighted by
+          ``n_micro / N_step`` (``reduction="mean"``), sum to the loss of the whole step as one
+          batch, and so do their gradients;
+        * ``"queue"``, ``"sampled"``, ``"simplex"``: candidates = the step targets plus the
+          mode's extra negatives -- the queue as it was before the step (it is filled once, with
+          all step targets, when the context exits in training mode), or negatives drawn once
+          for the step at its first forward. The same step as one batch *inside* the context
+          gives the same loss.
+
+        Targets carry no gradient, so they can be known before the first micro-batch forward.
+        Contexts do not nest.
+
+        Example::
+
+            >>> loss_fn = SoftTargetInfoNCE(temperature=0.5)
+            >>> z, y = torch.randn(64, 10, requires_grad=True), torch.randint(10, (64,))
+            >>> with loss_fn.step_candidates(y):
+            ...     for zb, yb in zip(z.split(16), y.split(16)):
+            ...         (loss_fn(zb, yb) * len(yb) / len(y)).backward()
+            >>> g = z.grad.clone(); z.grad = None
+            >>> loss_fn(z, y).backward()      # the same step as one batch
+            >>> torch.allclose(g, z.grad, atol=1e-6)
+            True
+        """
+        if self._step is not None:
+            raise RuntimeError("step_candidates contexts do not nest")
+        if isinstance(self, InfoNCE):
+            self._check_labels_type(targets)
+        self._step = {"raw": targets, "consumed": 0}
+        try:
+            yield self
+        finally:
+            step, self._step = self._step, None
+            if (self.negatives == "queue" and self.training and "targets" in step
+                    and step["consumed"]):
+                self._enqueue(step["targets"])
+
+    def _step_rows(self, scorer: LogitScorer, targets: Targets,
+                   log_q: torch.Tensor | None) -> torch.Tensor:
+        step = self._step
+        c, n = scorer.num_classes, len(targets)
+        if "targets" not in step:
+            tgt = prepare_targets(step["raw"], c, None, self.validate_args, name="step targets")
+            cands, offset = (gather_targets(tgt) if self.gather_distributed else (tgt, 0))
+            step.update(targets=tgt, cands=cands, offset=offset, extra=None)
+            if self.negatives == "queue":
+                step["extra"] = (self.queue_candidates(c), None, None)
+            elif self.negatives == "sampled":
+                neg = SoftTargets.from_labels(self.sample_negatives(c, scorer.device), c,
+                                              validate_args=False)
+                step["extra"] = (neg, None, None)
+            elif self.negatives == "simplex":
+                neg = self.sample_simplex_negatives(c, scorer.device, scorer.dtype)
+                cand_bias, neg_bias = self._simplex_biases(cands, neg, scorer.dtype)
+                step["extra"] = (neg, cand_bias, neg_bias)
+        start = step["consumed"]
+        if start + n > len(step["targets"]):
+            raise ValueError(f"step_candidates: the micro-batches hold more rows than the "
+                             f"{len(step['targets'])} step targets; found rows {start}.."
+                             f"{start + n - 1}")
+        if self.negatives == "batch":
+            _warn_few_candidates(len(step["cands"]), n, self)
+        step["consumed"] = start + n
+        if self.negatives == "simplex":
+            log_q = None
+        return batch_infonce_rows(scorer, step["cands"], log_q, step["offset"] + start,
+                                  step["extra"])
 
     # ---------------------------------------------------------------- sampling
     def sample_negatives(self, num_classes: int, device: torch.device) -> torch.Tensor:
@@ -542,7 +912,8 @@ class SoftTargetInfoNCE(nn.Module):
         with torch.no_grad():
             conc = torch.full((num_classes,), self.simplex_concentration, dtype=dtype,
                               device=device)
-            neg = torch.distributions.Dirichlet(conc).sample((self.num_negatives,))
+            neg = torch.distributions.Dirichlet(conc, validate_args=False).sample(
+                (self.num_negatives,))
             if self.gather_distributed and is_distributed():
                 broadcast_(neg, src=0)
         self.last_negatives = neg
@@ -595,27 +966,36 @@ class SoftTargetInfoNCE(nn.Module):
             targets = targets[m - q_size:]
             m = q_size
         dev = targets.device
+        # float64 targets are stored in float64 (and the queue stays float64 from then on)
+        fdt = torch.float64 if torch.float64 in (
+            targets.dtype, self.queue_dense.dtype, self.queue_weights.dtype) else torch.float32
         dense_mode = bool(self.queue_dense.numel()) or not isinstance(targets, SoftTargets)
         if dense_mode:
             c = targets.shape[1] if isinstance(targets, torch.Tensor) else targets.num_classes
             if not self.queue_dense.numel():  # switch (or start) in dense storage
                 old = self.queue_candidates(c) if int(self.queue_len) else None
-                self.queue_dense = torch.zeros(q_size, c, device=dev)
+                self.queue_dense = torch.zeros(q_size, c, device=dev, dtype=fdt)
                 if old is not None:
-                    self.queue_dense[: len(old)] = old.to_dense(torch.float32)
+                    self.queue_dense[: len(old)] = old.to_dense(fdt)
                 self.queue_indices = torch.zeros(0, 0, dtype=torch.long, device=dev)
-                self.queue_weights = torch.zeros(0, 0, device=dev)
-                self.queue_uniform = torch.zeros(0, device=dev)
-            rows = targets.to_dense(torch.float32) if isinstance(targets, SoftTargets) else targets
+                self.queue_weights = torch.zeros(0, 0, device=dev, dtype=fdt)
+                self.queue_uniform = torch.zeros(0, device=dev, dtype=fdt)
+            elif self.queue_dense.dtype != fdt:
+                self.queue_dense = self.queue_dense.to(fdt)
+            rows = targets.to_dense(fdt) if isinstance(targets, SoftTargets) else targets
             slots = (self.queue_ptr + torch.arange(m, device=dev)) % q_size
             self.queue_dense[slots] = rows.to(self.queue_dense.dtype)
         else:
             k = max(targets.k, self.queue_indices.shape[1])
+            if self.queue_weights.dtype != fdt:
+                self.queue_weights = self.queue_weights.to(fdt)
+                self.queue_uniform = self.queue_uniform.to(fdt)
+                self.queue_dense = self.queue_dense.to(fdt)
             if self.queue_indices.shape[0] != q_size or self.queue_indices.shape[1] < k:
                 old_k = self.queue_indices.shape[1]
                 idx = torch.zeros(q_size, k, dtype=torch.long, device=dev)
-                w = torch.zeros(q_size, k, device=dev)
-                u = torch.zeros(q_size, device=dev)
+                w = torch.zeros(q_size, k, device=dev, dtype=fdt)
+                u = torch.zeros(q_size, device=dev, dtype=fdt)
                 if self.queue_indices.shape[0] == q_size:
                     idx[:, :old_k] = self.queue_indices
                     w[:, :old_k] = self.queue_weights
@@ -646,8 +1026,9 @@ class SoftTargetInfoNCE(nn.Module):
                         f"{key} holds a queue of {saved.shape[0]} slots but this module has "
                         f"queue_size={self.queue_size}; create it with the saved queue_size"
                     )
-                if saved.shape != cur.shape:
-                    setattr(self, name, torch.zeros(saved.shape, dtype=cur.dtype,
+                dtype = saved.dtype if saved.is_floating_point() else cur.dtype
+                if saved.shape != cur.shape or dtype != cur.dtype:  # e.g. a float64 queue
+                    setattr(self, name, torch.zeros(saved.shape, dtype=dtype,
                                                     device=cur.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -668,6 +1049,11 @@ class InfoNCE(SoftTargetInfoNCE):
     """
 
     def _prepare(self, logits: torch.Tensor, targets: object) -> Targets:
+        self._check_labels_type(targets)
+        return super()._prepare(logits, targets)
+
+    @staticmethod
+    def _check_labels_type(targets: object) -> None:
         if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or \
                 targets.dtype == torch.bool:
             found = targets.dtype if isinstance(targets, torch.Tensor) else type(targets).__name__
@@ -675,7 +1061,6 @@ class InfoNCE(SoftTargetInfoNCE):
                 f"InfoNCE expects integer class labels (N,) as targets; found {found} "
                 f"(use SoftTargetInfoNCE for soft targets)"
             )
-        return super()._prepare(logits, targets)
 
 
 class SoftTargetCrossEntropy(nn.Module):

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 
 import torch
 
-from softnce._validation import SIMPLEX_ATOL, _fmt_shape, check_labels
+from softnce._validation import (
+    _fmt_shape,
+    check_float_dtype,
+    check_labels,
+    check_row_sums,
+    simplex_atol,
+)
 
 
 class SoftTargets:
@@ -29,8 +35,12 @@ class SoftTargets:
         weights: (M, k) non-negative weights.
         uniform: (M,) non-negative uniform mass, spread evenly over all C classes.
         num_classes: C.
-        validate_args: check values (ranges, non-negativity, rows summing to 1 within 1e-3).
-            Shapes and types are always checked.
+        validate_args: check values (ranges, non-negativity, rows summing to 1 within
+            :func:`softnce._validation.simplex_atol` of the weights' dtype, i.e. 1e-3 for
+            float32/float64 and 2 eps for float16/bfloat16). Shapes and types are always checked.
+
+    A batch remembers that it passed :meth:`validate` (the losses then do not re-check it on
+    every call); mutating its tensors in place afterwards is not detected.
 
     Example::
 
@@ -40,7 +50,7 @@ class SoftTargets:
                 [0.8000, 0.1000, 0.1000]])
     """
 
-    __slots__ = ("indices", "weights", "uniform", "num_classes")
+    __slots__ = ("indices", "weights", "uniform", "num_classes", "_validated")
 
     def __init__(
         self,
@@ -61,6 +71,10 @@ class SoftTargets:
                              f"{_fmt_shape(indices)}")
         if indices.is_floating_point() or indices.dtype == torch.bool or indices.is_complex():
             raise TypeError(f"SoftTargets indices must be an integer tensor; found {indices.dtype}")
+        if indices.shape[1] < 1:
+            raise ValueError(f"SoftTargets indices must have at least one component (shape (M, k) "
+                             f"with k >= 1; use weight 0 for a purely uniform row); found shape "
+                             f"{_fmt_shape(indices)}")
         if weights.shape != indices.shape:
             raise ValueError(
                 f"SoftTargets weights must have the shape of indices {_fmt_shape(indices)}; found "
@@ -79,34 +93,39 @@ class SoftTargets:
         self.weights = weights
         self.uniform = uniform.to(weights.dtype)
         self.num_classes = int(num_classes)
+        self._validated = False
         if validate_args:
             self.validate()
 
     # ------------------------------------------------------------------ checks
     def validate(self, name: str = "SoftTargets") -> SoftTargets:
-        """Value checks: indices in range, finite non-negative masses, rows summing to 1."""
-        if self.indices.numel():
-            lo, hi = int(self.indices.min()), int(self.indices.max())
+        """Value checks: indices in range, finite non-negative masses, rows summing to 1.
+
+        O(M k), one host synchronisation when valid (a fused flag); the detailed diagnosis runs
+        only on failure. Done once per batch: a batch that passed is not checked again."""
+        if self._validated or not len(self):
+            return self
+        lo, hi = torch.aminmax(self.indices)
+        sums = self.weights.sum(dim=1, dtype=torch.float64) + self.uniform.double()
+        ok = ((lo >= 0) & (hi < self.num_classes) & (self.weights.amin() >= 0)
+              & (self.uniform.amin() >= 0)
+              & ((sums - 1.0).abs() <= simplex_atol(self.weights.dtype)).all())
+        if not bool(ok):
+            lo, hi = int(lo), int(hi)
             if lo < 0 or hi >= self.num_classes:
                 raise ValueError(
                     f"{name} indices must lie in [0, {self.num_classes - 1}]; found values in "
                     f"[{lo}, {hi}]"
                 )
-        if len(self):
             for part, t in (("weights", self.weights), ("uniform", self.uniform)):
-                if t.numel() and not bool(torch.isfinite(t).all()):
+                if not bool(torch.isfinite(t).all()):
                     raise ValueError(f"{name} {part} must be finite; found NaN or infinite values")
-                if t.numel() and bool((t < 0).any()):
+                if bool((t < 0).any()):
                     raise ValueError(f"{name} {part} must be non-negative; found minimum "
                                      f"{float(t.min()):.6g}")
-            sums = self.weights.double().sum(dim=1) + self.uniform.double()
-            dev = (sums - 1.0).abs()
-            if bool((dev > SIMPLEX_ATOL).any()):
-                row = int(dev.argmax())
-                raise ValueError(
-                    f"{name} weights plus uniform mass must sum to 1 per row (tolerance "
-                    f"{SIMPLEX_ATOL}); row {row} sums to {float(sums[row]):.6g}"
-                )
+            check_row_sums(name, sums, self.weights.dtype,
+                           "weights plus uniform mass must sum to 1 per row")
+        self._validated = True
         return self
 
     # ------------------------------------------------------------ constructors
@@ -124,12 +143,15 @@ class SoftTargets:
         validate_args: bool = True, dtype: torch.dtype = torch.float32,
     ) -> SoftTargets:
         """``y = (1 - eps) onehot(label) + eps / C`` (timm's convention)."""
+        check_float_dtype("dtype", dtype)
         labels = _int_labels("labels", labels, num_classes, validate_args)
         eps = _check_fraction("smoothing", smoothing)
         n = labels.shape[0]
         weights = torch.full((n, 1), 1.0 - eps, dtype=dtype, device=labels.device)
         uniform = torch.full((n,), eps, dtype=dtype, device=labels.device)
-        return cls(labels.view(n, 1), weights, uniform, num_classes, validate_args=False)
+        out = cls(labels.view(n, 1), weights, uniform, num_classes, validate_args=False)
+        out._validated = bool(validate_args)  # labels checked above, masses valid by construction
+        return out
 
     @classmethod
     def mix(
@@ -141,6 +163,7 @@ class SoftTargets:
 
         ``lam`` is a float or an (N,) tensor of per-sample mixing weights in [0, 1].
         """
+        check_float_dtype("dtype", dtype)
         la = _int_labels("labels_a", labels_a, num_classes, validate_args)
         lb = _int_labels("labels_b", labels_b, num_classes, validate_args)
         if la.shape != lb.shape:
@@ -163,8 +186,10 @@ class SoftTargets:
             lam_t = torch.full((n,), lam_f, dtype=dtype, device=la.device)
         weights = torch.stack([lam_t * (1.0 - eps), (1.0 - lam_t) * (1.0 - eps)], dim=1)
         uniform = torch.full((n,), eps, dtype=dtype, device=la.device)
-        return cls(torch.stack([la, lb], dim=1), weights, uniform, num_classes,
-                   validate_args=False)
+        out = cls(torch.stack([la, lb], dim=1), weights, uniform, num_classes,
+                  validate_args=False)
+        out._validated = bool(validate_args)  # labels and lam checked above
+        return out
 
     @staticmethod
     def cat(parts: Sequence[SoftTargets]) -> SoftTargets:
@@ -210,8 +235,10 @@ class SoftTargets:
             if not -m <= idx < m:
                 raise IndexError(f"SoftTargets index {idx} is out of range for {m} rows")
             idx = slice(idx % m, idx % m + 1)
-        return SoftTargets(self.indices[idx], self.weights[idx], self.uniform[idx],
-                           self.num_classes, validate_args=False)
+        out = SoftTargets(self.indices[idx], self.weights[idx], self.uniform[idx],
+                          self.num_classes, validate_args=False)
+        out._validated = self._validated
+        return out
 
     def __repr__(self) -> str:
         return f"SoftTargets(M={len(self)}, k={self.k}, num_classes={self.num_classes})"
@@ -220,8 +247,11 @@ class SoftTargets:
         """Move to a device; a floating dtype applies to weights and uniform only."""
         w = self.weights.to(*args, **kwargs)
         dev = w.device
-        return SoftTargets(self.indices.to(dev), w, self.uniform.to(device=dev, dtype=w.dtype),
-                           self.num_classes, validate_args=False)
+        out = SoftTargets(self.indices.to(dev), w, self.uniform.to(device=dev, dtype=w.dtype),
+                          self.num_classes, validate_args=False)
+        # a dtype change moves a row sum by at most eps/2 of the new dtype: still within tolerance
+        out._validated = self._validated
+        return out
 
     def pad_to(self, k: int) -> SoftTargets:
         """Pad to ``k`` components with index 0 and weight 0 (the target is unchanged)."""
@@ -233,7 +263,9 @@ class SoftTargets:
         m = len(self)
         idx = torch.cat([self.indices, self.indices.new_zeros(m, extra)], dim=1)
         w = torch.cat([self.weights, self.weights.new_zeros(m, extra)], dim=1)
-        return SoftTargets(idx, w, self.uniform, self.num_classes, validate_args=False)
+        out = SoftTargets(idx, w, self.uniform, self.num_classes, validate_args=False)
+        out._validated = self._validated
+        return out
 
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The (M, C) dense target matrix."""
@@ -253,7 +285,7 @@ class SoftTargets:
         a = a.to(self.weights.dtype) if not a.is_floating_point() else a
         w = self.weights.to(a.dtype)
         out = (a.gather(1, self.indices) * w).sum(dim=1)
-        return out + a.sum(dim=1) * (self.uniform.to(a.dtype) / self.num_classes)
+        return out + _uniform_term(a.sum(dim=1), self.uniform.to(a.dtype) / self.num_classes)
 
     def scores(self, a: torch.Tensor) -> torch.Tensor:
         """All pairs ``S_ij = a_i . y_j``: a (N, C) -> (N, M). O(N M k + N C), no N x C x M.
@@ -262,7 +294,8 @@ class SoftTargets:
         component (k is small); an einsum over an (N, M, k) gather was 2-7x slower for k = 2.
         """
         w = self.weights.to(a.dtype)
-        out = a.sum(dim=1, keepdim=True) * (self.uniform.to(a.dtype) / self.num_classes)
+        out = _uniform_term(a.sum(dim=1, keepdim=True),
+                            (self.uniform.to(a.dtype) / self.num_classes).unsqueeze(0))
         for r in range(self.k):
             out = out + a.index_select(1, self.indices[:, r]) * w[:, r]
         return out
@@ -271,6 +304,12 @@ class SoftTargets:
         """``(v . y_j)`` for a single vector v (C,) -> (M,)."""
         w = self.weights.to(v.dtype)
         return (v[self.indices] * w).sum(dim=1) + v.sum() * self.uniform.to(v.dtype) / self.num_classes
+
+
+def _uniform_term(row_sums: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """``row_sums * mass`` with an exactly zero ``mass`` giving exactly 0 (not ``inf * 0``)."""
+    prod = row_sums * mass
+    return torch.where(mass == 0, torch.zeros_like(prod), prod)
 
 
 def _int_labels(name: str, labels: object, num_classes: int, validate_args: bool) -> torch.Tensor:
