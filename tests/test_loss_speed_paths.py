@@ -20,7 +20,7 @@ import warnings
 import pytest
 import torch
 
-import softnce.losses as L
+import softnce._scores as L
 from reference import RefQueue, ref_batch_infonce, ref_separated_infonce, ref_soft_target_ce
 from softnce import (
     InfoNCE,

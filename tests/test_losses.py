@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import softnce
+import softnce.infonce
 import softnce.losses
 import softnce.noise
 import softnce.targets
@@ -885,7 +886,7 @@ def test_validate_args_false_skips_value_checks_only():
 
 
 # -------------------------------------------------------------------------------- doctests
-@pytest.mark.parametrize("module", [softnce.losses, softnce.targets, softnce.noise],
+@pytest.mark.parametrize("module", [softnce.losses, softnce.infonce, softnce.targets, softnce.noise],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)

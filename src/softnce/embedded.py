@@ -43,9 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from softnce._validation import check_reduction, check_temperature
-from softnce.losses import (
-    InfoNCE,
-    SoftTargetInfoNCE,
+from softnce._scores import (
     Targets,
     _log_noise,
     _no_autocast,
@@ -53,6 +51,7 @@ from softnce.losses import (
     batch_infonce_rows,
     prepare_targets,
 )
+from softnce.infonce import InfoNCE, SoftTargetInfoNCE
 from softnce.targets import SoftTargets
 
 __all__ = [
