@@ -120,3 +120,21 @@ def test_steps_per_epoch_do_not_depend_on_how_the_step_is_split(tmp_path):
         return tr.steps_per_epoch
 
     assert steps(batch_size=64) == steps(batch_size=16, accum_steps=4) == 1077 // 64
+
+
+def test_metrics_share_the_validation_vocabulary():
+    """One tolerance rule (dtype-aware) and one temperature checker for the metrics too."""
+    from softnce.metrics import CalibrationMeter, expected_calibration_error
+
+    y = torch.tensor([0, 1, 2, 0])
+    p = torch.softmax(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), 1)
+    bf = (p * 0.9985).to(torch.bfloat16)  # rows sum to ~0.9985: valid in bfloat16
+    assert math.isfinite(float(expected_calibration_error(bf, y)))
+    with pytest.raises(ValueError, match="must sum to 1"):
+        expected_calibration_error(p * 0.9, y)
+    with pytest.raises(TypeError, match="temperature"):
+        CalibrationMeter(temperature="hot")
+    with pytest.raises(TypeError, match="temperature"):
+        TemperatureScaler(temperature=None)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        TemperatureScaler(temperature=-1.0)

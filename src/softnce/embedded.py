@@ -42,7 +42,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from softnce._validation import check_reduction, check_temperature
 from softnce._scores import (
     Targets,
     _log_noise,
@@ -51,6 +50,7 @@ from softnce._scores import (
     batch_infonce_rows,
     prepare_targets,
 )
+from softnce._validation import check_reduction, check_temperature
 from softnce.infonce import InfoNCE, SoftTargetInfoNCE
 from softnce.targets import SoftTargets
 

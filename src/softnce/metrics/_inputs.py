@@ -8,14 +8,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from softnce._validation import SIMPLEX_ATOL, simplex_atol
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     pass
 
 
 
 
-#: Rows of ``probs`` / soft ``targets`` must sum to 1 within this absolute tolerance.
-SUM_TOLERANCE = 1e-3
+#: Rows of float32 ``probs`` / soft ``targets`` must sum to 1 within this absolute tolerance;
+#: half-precision rows get the dtype-aware :func:`softnce._validation.simplex_atol`.
+SUM_TOLERANCE = SIMPLEX_ATOL
 
 # --------------------------------------------------------------------------------------------
 # input handling
@@ -29,19 +32,19 @@ def _to_tensor(x: Any, name: str) -> Tensor:
         return torch.as_tensor(x)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(
-            f"{name} must be a torch.Tensor or array-like, got {type(x).__name__}"
+            f"{name} must be a torch.Tensor or array-like; found {type(x).__name__}"
         ) from err
 
 
 def _check_n_bins(n_bins: Any) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
-        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
+        raise ValueError(f"n_bins must be an integer >= 1; found {n_bins!r}")
     return int(n_bins)
 
 
 def _floating(x: Tensor, name: str, what: str) -> Tensor:
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor of {what}, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be a floating-point tensor of {what}; found dtype {x.dtype}")
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     return x
@@ -49,20 +52,23 @@ def _floating(x: Tensor, name: str, what: str) -> Tensor:
 
 def _check_2d(x: Tensor, name: str, what: str) -> None:
     if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, C) of {what}, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape (N, C) of {what}; found shape {tuple(x.shape)}")
     if x.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one class column, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must have at least one class column; found shape {tuple(x.shape)}")
 
 
-def _prob_rows_bad(p: Tensor) -> Tensor:
+def _prob_rows_bad(p: Tensor, atol: float = SIMPLEX_ATOL) -> Tensor:
     """Boolean 0-dim tensor: True if any entry is NaN/negative or any row sum is off by > tol."""
     dev = (p.sum(dim=1, dtype=torch.float64) - 1.0).abs()
-    return torch.isnan(p).any() | (p < 0).any() | (dev > SUM_TOLERANCE).any()
+    return torch.isnan(p).any() | (p < 0).any() | (dev > atol).any()
 
 
-def _check_prob_values(p: Tensor, name: str, hint: str = "") -> None:
-    """Value checks for a (N, C) matrix whose rows must be probability vectors (one sync)."""
-    if p.numel() == 0 or not bool(_prob_rows_bad(p)):
+def _check_prob_values(p: Tensor, name: str, hint: str = "",
+                       dtype: torch.dtype | None = None) -> None:
+    """Value checks for a (N, C) matrix whose rows must be probability vectors (one sync);
+    the row-sum tolerance follows ``dtype`` (the dtype the values were given in)."""
+    atol = simplex_atol(dtype or p.dtype)
+    if p.numel() == 0 or not bool(_prob_rows_bad(p, atol)):
         return
     n_nan = int(torch.isnan(p).sum())
     if n_nan:
@@ -74,18 +80,20 @@ def _check_prob_values(p: Tensor, name: str, hint: str = "") -> None:
     sums = p.sum(dim=1, dtype=torch.float64)
     row = int((sums - 1.0).abs().argmax())
     raise ValueError(
-        f"rows of {name} must sum to 1 (tolerance {SUM_TOLERANCE:g}); row {row} sums to "
+        f"rows of {name} must sum to 1 (tolerance {atol:g}); row {row} sums to "
         f"{float(sums[row]):.6g}{hint}"
     )
 
 
 def _as_probs(probs: Any, validate_args: bool, name: str = "probs") -> Tensor:
-    p = _floating(_to_tensor(probs, name), name, "probabilities")
+    given = _to_tensor(probs, name)
+    p = _floating(given, name, "probabilities")
     _check_2d(p, name, "probabilities")
     if p.shape[0] == 0:
-        raise ValueError(f"{name} must contain at least one sample, got shape {tuple(p.shape)}")
+        raise ValueError(f"{name} must contain at least one sample; found shape {tuple(p.shape)}")
     if validate_args:
-        _check_prob_values(p, name, "; pass probabilities (e.g. softmax(logits)), not logits")
+        _check_prob_values(p, name, "; pass probabilities (e.g. softmax(logits)), not logits",
+                           dtype=given.dtype)
     return p
 
 
@@ -105,7 +113,7 @@ def _as_targets(
     if t.ndim == 1:
         if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
             raise TypeError(
-                f"{name} of shape (N,) must be integer class labels, got dtype {t.dtype}"
+                f"{name} of shape (N,) must be integer class labels; found dtype {t.dtype}"
             )
         if t.shape[0] != n:
             raise ValueError(f"{name} has {t.shape[0]} labels but the predictions have {n} rows")
@@ -119,17 +127,18 @@ def _as_targets(
     if t.ndim == 2:
         if tuple(t.shape) != (n, c):
             raise ValueError(
-                f"soft {name} must have the predictions' shape {(n, c)}, got {tuple(t.shape)}"
+                f"soft {name} must have the predictions' shape {(n, c)}; found {tuple(t.shape)}"
             )
         if t.is_complex():
-            raise TypeError(f"soft {name} must be real-valued, got dtype {t.dtype}")
+            raise TypeError(f"soft {name} must be real-valued; found dtype {t.dtype}")
+        given_dtype = t.dtype
         t = t.to(device=device, dtype=dtype)
         if validate_args:
-            _check_prob_values(t, f"soft {name}")
+            _check_prob_values(t, f"soft {name}", dtype=given_dtype)
         return t, True
     raise ValueError(
         f"{name} must have shape (N,) (integer labels) or (N, C) (soft targets), "
-        f"got shape {tuple(t.shape)}"
+        f"found shape {tuple(t.shape)}"
     )
 
 
@@ -138,5 +147,5 @@ def _as_topk(k: Any, name: str = "k") -> tuple[int, ...]:
     if not ks or any(
         isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in ks
     ):
-        raise ValueError(f"{name} must be a positive integer or a sequence of them, got {k!r}")
+        raise ValueError(f"{name} must be a positive integer or a sequence of them; found {k!r}")
     return tuple(int(v) for v in ks)

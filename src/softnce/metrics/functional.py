@@ -352,7 +352,7 @@ def top_k_accuracy(
     _check_2d(s, "probs_or_logits", "scores")
     if s.shape[0] == 0:
         raise ValueError(
-            f"probs_or_logits must contain at least one sample, got shape {tuple(s.shape)}"
+            f"probs_or_logits must contain at least one sample; found shape {tuple(s.shape)}"
         )
     if validate_args and bool(torch.isnan(s).any()):
         raise ValueError(

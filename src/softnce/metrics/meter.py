@@ -12,6 +12,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from softnce._validation import check_temperature
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     pass
 
@@ -105,26 +107,21 @@ class CalibrationMeter:
     ) -> None:
         self.n_bins = _check_n_bins(n_bins)
         if inputs not in ("auto", "logits", "probs"):
-            raise ValueError(f"inputs must be 'auto', 'logits' or 'probs', got {inputs!r}")
+            raise ValueError(f"inputs must be 'auto', 'logits' or 'probs'; found {inputs!r}")
         self.inputs = inputs
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, numbers.Real)
-            or not (math.isfinite(temperature) and temperature > 0)
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        temperature = check_temperature(temperature)
         self.temperature = float(temperature)
         if num_classes is not None and (
             isinstance(num_classes, bool)
             or not isinstance(num_classes, numbers.Integral)
             or num_classes < 1
         ):
-            raise ValueError(f"num_classes must be None or an integer >= 1, got {num_classes!r}")
+            raise ValueError(f"num_classes must be None or an integer >= 1; found {num_classes!r}")
         self.num_classes = None if num_classes is None else int(num_classes)
         self.keep_confidences = bool(keep_confidences)
         self.topk = _as_topk(topk, "topk")
         if len(set(self.topk)) != len(self.topk):
-            raise ValueError(f"topk must not repeat values, got {topk!r}")
+            raise ValueError(f"topk must not repeat values; found {topk!r}")
         self.validate_args = bool(validate_args)
         self.reset()
 
@@ -152,7 +149,7 @@ class CalibrationMeter:
         elif device != self._device:
             raise ValueError(
                 f"all batches must be on one device: the meter's state is on {self._device}, "
-                f"got a batch on {device} (call reset() to switch devices)"
+                f"found a batch on {device} (call reset() to switch devices)"
             )
 
     def _check_classes(self, c: int, name: str) -> None:
@@ -243,7 +240,7 @@ class CalibrationMeter:
         tensors = {"confidences": confidences, "accuracies": accuracies, "nll": nll, "brier": brier}
         if not isinstance(topk_correct, Mapping):
             raise TypeError(
-                f"topk_correct must be a dict {{k: (N,) tensor}}, got {type(topk_correct).__name__}"
+                f"topk_correct must be a dict {{k: (N,) tensor}}; found {type(topk_correct).__name__}"
             )
         missing = [k for k in self.topk if k not in topk_correct]
         if missing:
@@ -258,7 +255,7 @@ class CalibrationMeter:
         for name, v in tensors.items():
             v = _to_tensor(v, name).detach()
             if v.ndim != 1:
-                raise ValueError(f"{name} must have shape (N,), got {tuple(v.shape)}")
+                raise ValueError(f"{name} must have shape (N,); found {tuple(v.shape)}")
             if n is None:
                 n = v.shape[0]
             elif v.shape[0] != n:
@@ -267,7 +264,7 @@ class CalibrationMeter:
         assert n is not None
         conf = conv["confidences"]
         if not conf.is_floating_point():
-            raise TypeError(f"confidences must be floating point, got dtype {conf.dtype}")
+            raise TypeError(f"confidences must be floating point; found dtype {conf.dtype}")
         if conf.dtype in (torch.float16, torch.bfloat16):
             conf = conf.float()
         dev = conf.device
@@ -279,11 +276,11 @@ class CalibrationMeter:
             predictions = _to_tensor(predictions, "predictions").detach()
             if predictions.shape != (n,):
                 raise ValueError(
-                    f"predictions must have shape ({n},), got {tuple(predictions.shape)}"
+                    f"predictions must have shape ({n},); found {tuple(predictions.shape)}"
                 )
             if predictions.is_floating_point() or predictions.dtype == torch.bool:
                 raise TypeError(
-                    f"predictions must be integer class indices, got dtype {predictions.dtype}"
+                    f"predictions must be integer class indices; found dtype {predictions.dtype}"
                 )
             predictions = predictions.to(dev, torch.long)
         if self.validate_args and n > 0:

@@ -102,7 +102,7 @@ def _to_curve(item: Any, n_bins: int, name: str) -> ReliabilityCurve:
         return reliability_curve(item[0], item[1], n_bins)
     raise TypeError(
         f"{name} must be a ReliabilityCurve, a (probs, targets) pair or a CalibrationMeter, "
-        f"got {type(item).__name__}"
+        f"found {type(item).__name__}"
     )
 
 
@@ -147,10 +147,10 @@ def plot_reliability_diagram(
     if path is not None:
         path = Path(path)
         if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-            raise ValueError(f"path must end in .png, .svg or .pdf, got {str(path)!r}")
+            raise ValueError(f"path must end in .png, .svg or .pdf; found {str(path)!r}")
     if isinstance(curves_or_dict, Mapping):
         if not curves_or_dict:
-            raise ValueError("curves_or_dict must contain at least one model, got an empty dict")
+            raise ValueError("curves_or_dict must contain at least one model; found an empty dict")
         items = {
             str(k): _to_curve(v, n_bins, f"curves_or_dict[{k!r}]")
             for k, v in curves_or_dict.items()

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from softnce._validation import check_temperature
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     pass
 
@@ -58,17 +60,12 @@ class TemperatureScaler:
         max_iter: int = 100,
         bounds: tuple[float, float] = (1e-2, 1e2),
     ) -> None:
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, numbers.Real)
-            or not (math.isfinite(temperature) and temperature > 0)
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        temperature = check_temperature(temperature)
         lo, hi = bounds
         if not (0 < lo < hi and math.isfinite(hi)):
-            raise ValueError(f"bounds must satisfy 0 < T_min < T_max < inf, got {bounds!r}")
+            raise ValueError(f"bounds must satisfy 0 < T_min < T_max < inf; found {bounds!r}")
         if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-            raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+            raise ValueError(f"max_iter must be an integer >= 1; found {max_iter!r}")
         self.temperature = float(temperature)
         self.n_bins = _check_n_bins(n_bins)
         self.max_iter = int(max_iter)
@@ -91,7 +88,7 @@ class TemperatureScaler:
         x = _floating(_to_tensor(logits, "logits"), "logits", "logits")
         _check_2d(x, "logits", "logits")
         if x.shape[0] == 0:
-            raise ValueError(f"logits must contain at least one sample, got shape {tuple(x.shape)}")
+            raise ValueError(f"logits must contain at least one sample; found shape {tuple(x.shape)}")
         if validate_args and not bool(torch.isfinite(x).all()):
             raise ValueError(
                 f"logits must be finite; found {int((~torch.isfinite(x)).sum())} NaN/inf entries"
