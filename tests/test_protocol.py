@@ -138,3 +138,26 @@ def test_metrics_share_the_validation_vocabulary():
         TemperatureScaler(temperature=None)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         TemperatureScaler(temperature=-1.0)
+
+
+@pytest.mark.parametrize("loss, extra", [("infonce", {}), ("soft-infonce", {"smoothing": 0.1}),
+                                         ("infonce", {"noise": "uniform"})])
+def test_accumulation_sees_the_whole_step_as_candidates(tmp_path, loss, extra):
+    """--batch-size 16 --set accum_steps=4 trains like --batch-size 64: the same first-step
+    loss and the same weights after it (up to float rounding), for the InfoNCE losses."""
+    from softnce.harness.trainer import Trainer
+
+    def one_step(name, **kw):
+        cfg = TrainConfig(dataset="digits", loss=loss, epochs=1, max_steps=1, quiet=True,
+                          model_options={"dropout": 0.0}, output_dir=str(tmp_path / name),
+                          **extra, **kw)
+        tr = Trainer(cfg)
+        tr.run()
+        return tr.records[-1]["train_loss"], {k: v.clone() for k, v in
+                                              tr.model.state_dict().items()}
+
+    loss64, w64 = one_step("b64", batch_size=64)
+    loss16, w16 = one_step("b16", batch_size=16, accum_steps=4)
+    assert loss16 == pytest.approx(loss64, rel=1e-5)
+    for k in w64:
+        torch.testing.assert_close(w16[k], w64[k], rtol=1e-4, atol=1e-6)

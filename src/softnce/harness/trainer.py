@@ -528,33 +528,34 @@ class Trainer(EvaluationMixin, ProgressMixin):
         cfg = self.cfg
         for g in self.optimizer.param_groups:
             g["lr"] = lr_at(self.global_step, cfg, self.steps_per_epoch) * g.get("lr_scale", 1.0)
-        samples = 0
-        for i in range(group):
+        micro = []
+        for _ in range(group):
             batch = move_to(next(it), self.device)
             x, labels, soft, mask = self.bundle.unpack(batch)
             if mask is not None:
                 labels = labels[mask]
                 soft = soft[mask] if soft is not None else None
+            if group == 1:  # the common case: build the targets right before the forward
+                micro.append((x, labels, soft, mask))
+                break
             x, targets = self.builder(x, labels, soft)
-            sync = i == group - 1 or self.world == 1
-            ctx = contextlib.nullcontext() if sync or not hasattr(self.fwd, "no_sync") \
-                else self.fwd.no_sync()
-            with ctx:
-                with self._autocast():
-                    loss = self.fwd(x, targets, mask) if mask is not None else self.fwd(x, targets)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"non-finite training loss {value} at optimiser step "
-                        f"{self.global_step + 1} (epoch {self.epoch + 1}, micro-batch {i + 1}/"
-                        f"{group}); the last good checkpoint in {self.out} was kept"
-                    )
-                scaled = loss / group if group > 1 else loss
-                (self.scaler.scale(scaled) if self.scaler.is_enabled() else scaled).backward()
-            self.loss_sum += value
-            self.loss_count += 1
-            self._last_loss = value
-            samples += _batch_len(labels)
+            micro.append((x, labels, targets, mask))
+        # Gradient accumulation with an InfoNCE loss: every micro-batch scores against the
+        # targets of the whole optimiser step (targets carry no gradient, so they are known
+        # before the first forward), so the objective does not depend on how the step is split.
+        step_ctx = contextlib.nullcontext()
+        weights = [1.0 / group] * group
+        if group > 1 and self._step_candidates_apply():
+            step_targets = _cat_targets([m[2] for m in micro])
+            step_ctx = self.criterion.step_candidates(step_targets)
+            sizes = [_batch_len(m[1]) for m in micro]
+            weights = [s / sum(sizes) for s in sizes]
+        samples = 0
+        with step_ctx:
+            for i, (x, labels, targets, mask) in enumerate(micro):
+                if group == 1:
+                    x, targets = self.builder(x, labels, targets)
+                samples += self._micro_step(x, labels, targets, mask, i, group, weights[i])
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
@@ -567,6 +568,39 @@ class Trainer(EvaluationMixin, ProgressMixin):
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
         return samples
+
+    def _step_candidates_apply(self) -> bool:
+        """Step candidates for an in-batch InfoNCE criterion on unmasked rows of a plain model.
+
+        Only ``negatives: batch``, where the split step then equals the whole step as one batch.
+        The separated modes (queue / sampled / simplex) score each micro-batch against their own
+        negatives as without accumulation (documented in ``docs/harness-api.md``)."""
+        return (hasattr(self.criterion, "step_candidates")
+                and LOSSES.get(self.cfg.loss).uses_negatives and self.cfg.negatives == "batch"
+                and getattr(self.model, "compute_loss", None) is None
+                and not self.bundle.kind == "graph")
+
+    def _micro_step(self, x: Any, labels: torch.Tensor, targets: Any, mask: Any, i: int,
+                    group: int, weight: float) -> int:
+        sync = i == group - 1 or self.world == 1
+        ctx = contextlib.nullcontext() if sync or not hasattr(self.fwd, "no_sync") \
+            else self.fwd.no_sync()
+        with ctx:
+            with self._autocast():
+                loss = self.fwd(x, targets, mask) if mask is not None else self.fwd(x, targets)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"non-finite training loss {value} at optimiser step "
+                    f"{self.global_step + 1} (epoch {self.epoch + 1}, micro-batch {i + 1}/"
+                    f"{group}); the last good checkpoint in {self.out} was kept"
+                )
+            scaled = loss * weight if group > 1 else loss
+            (self.scaler.scale(scaled) if self.scaler.is_enabled() else scaled).backward()
+        self.loss_sum += value
+        self.loss_count += 1
+        self._last_loss = value
+        return _batch_len(labels)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -610,6 +644,15 @@ class Trainer(EvaluationMixin, ProgressMixin):
         if self.rank == 0:
             _atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+def _cat_targets(parts: list[Any]) -> Any:
+    """The targets of several micro-batches as one candidate set (labels, dense or sparse)."""
+    from softnce.targets import SoftTargets
+
+    if isinstance(parts[0], SoftTargets):
+        return SoftTargets.cat(parts)
+    return torch.cat(parts)
+
 
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one training job; returns the summary (also in ``<output_dir>/summary.json``)."""
