@@ -51,6 +51,8 @@ from softnce.harness.mixing import (
 from softnce.harness.progress import ProgressMixin
 from softnce.harness.samplers import ResumableDistributedSampler, ShardSampler  # noqa: F401
 from softnce.harness.state import (  # noqa: F401
+    RunLock,
+    RunLockedError,
     _atomic_write_text,
     _batch_len,
     _config_diff,
@@ -59,15 +61,18 @@ from softnce.harness.state import (  # noqa: F401
     lr_at,
     move_to,
     package_versions,
+    remove_own_tmp_files,
     rng_state,
     seed_everything,
     set_rng_state,
+    verify_checksum,
 )
 
 __all__ = [
     "LOSSES",
     "LossSpec",
     "NonFiniteLossError",
+    "RunInterrupted",
     "Trainer",
     "build_loss",
     "noise_probs",
@@ -83,6 +88,82 @@ KILL_ENV = "SOFTNCE_DEBUG_SIGKILL_AFTER_STEP"
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (the last good checkpoint is kept)."""
+
+
+class RunInterrupted(RuntimeError):
+    """SIGINT / SIGTERM stopped the run at a safe point (its checkpoint is the last step)."""
+
+    def __init__(self, signum: int, step: int, out: Any) -> None:
+        self.signum, self.step, self.out = signum, step, out
+        super().__init__(f"interrupted at step {step}; continue with --resume")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+#: Files of a run (in its output directory) whose presence means the directory holds a run.
+RUN_FILES = (CHECKPOINT, "config.json", "metrics.jsonl", "summary.json")
+#: Written by a fresh start (an --overwrite removes them first).
+_FRESH_REMOVES = (CHECKPOINT, CHECKPOINT + ".sha256", "metrics.jsonl", "summary.json",
+                  "val_logits.pt", "test_logits.pt")
+_CKPT_KEYS = ("model", "optimizer", "scaler", "ema", "criterion", "epoch", "step_in_epoch",
+              "global_step", "loss_sum", "loss_count", "best", "complete", "per_rank")
+
+
+def _read_json_object(path: Any, what: str = "run file") -> dict[str, Any]:
+    """A JSON object from ``path``; ConfigError naming the file for anything else."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (corrupt?)") from None
+    except ValueError as e:
+        raise ConfigError(f"{what} {path} is corrupt (not valid JSON: {e})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{what} {path} is corrupt: expected a JSON object, found "
+                          f"{type(obj).__name__}")
+    return obj
+
+
+def read_metrics(path: Any, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``. A last line without its newline that does not parse
+    (a write cut short, e.g. by a full disk) is dropped (and with ``repair`` truncated from the
+    file); any other bad line is a ConfigError naming the file and line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    lines = raw.split(b"\n")
+    partial = lines.pop() if lines else b""  # "" when the file ends with a newline
+    recs: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ConfigError(f"{path} is corrupt: line {n} is not a JSON record") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise ConfigError(f"{path} is corrupt: line {n} is not a metrics record with a step")
+        recs.append(rec)
+    if partial.strip():
+        try:
+            rec = json.loads(partial.decode("utf-8"))
+            ok = isinstance(rec, dict) and isinstance(rec.get("step"), int)
+        except (UnicodeDecodeError, ValueError):
+            ok = False
+        if ok:
+            recs.append(rec)
+        elif repair:
+            with open(path, "r+b") as fh:
+                fh.truncate(len(raw) - len(partial))
+                fh.flush()
+                os.fsync(fh.fileno())
+    return recs
 
 
 
@@ -137,6 +218,9 @@ class Trainer(EvaluationMixin, ProgressMixin):
             dev = cfg.device
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available")
+        if dev == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                 and torch.backends.mps.is_available()):
+            raise ConfigError("device 'mps' requested but MPS (Apple GPU) is not available")
         if world_env > 1 and not (dist.is_available() and dist.is_initialized()):
             backend = "nccl" if dev.startswith("cuda") else "gloo"
             if dev.startswith("cuda"):
@@ -151,28 +235,55 @@ class Trainer(EvaluationMixin, ProgressMixin):
         self.device = torch.device(dev)
 
     def _check_output_dir(self) -> str:
-        """'fresh' | 'resume' | 'done'; raises ConfigError for a different run in the dir."""
+        """'fresh' | 'resume'; raises ConfigError for a directory that already holds a run
+        unless ``resume`` (same config; a larger ``epochs`` extends it) or ``overwrite``."""
         cfg, out = self.cfg, self.out
+        self._extend_from: int | None = None
+        if cfg.resume and cfg.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: --resume "
+                              "continues the run in the output directory, --overwrite deletes it")
+        present = [n for n in RUN_FILES if (out / n).is_file()]
+        if not present:
+            if cfg.resume:
+                self._log(f"--resume: no run in {out}, starting a new run")
+            return "fresh"
+        if cfg.overwrite:
+            self._log(f"--overwrite: starting over in {out}")
+            return "fresh"
         saved_cfg = out / "config.json"
-        ckpt = out / CHECKPOINT
-        has_run = saved_cfg.is_file() or ckpt.is_file()
-        if has_run:
-            try:
-                saved = json.loads(saved_cfg.read_text()) if saved_cfg.is_file() else None
-            except (OSError, json.JSONDecodeError):
-                saved = None
-            diff = _config_diff(saved, cfg.to_dict()) if saved is not None else ["config.json"]
-            if diff:
-                raise ConfigError(
-                    f"output directory {str(out)!r} already holds a different run (differing: "
-                    f"{', '.join(diff[:8])}); use another --output-dir"
-                    + ("" if cfg.resume else " or remove it")
-                )
-        if cfg.resume and ckpt.is_file():
+        if not cfg.resume:
+            state = "a finished run" if self._looks_complete() else "an unfinished run"
+            raise ConfigError(
+                f"output directory {str(out)!r} already holds {state}; pass --resume to "
+                f"continue it, --overwrite to delete it and start over, or use another "
+                f"--output-dir")
+        if not saved_cfg.is_file():
+            raise ConfigError(f"output directory {str(out)!r} holds run files "
+                              f"({', '.join(present)}) but no config.json; --resume cannot "
+                              f"check they belong to this run (use --overwrite to start over)")
+        saved = _read_json_object(saved_cfg, "run config")
+        diff = _config_diff(saved, cfg.to_dict())
+        if "epochs" in diff:
+            old = saved.get("epochs")
+            if isinstance(old, int) and not isinstance(old, bool) and cfg.epochs > old:
+                diff.remove("epochs")
+                self._extend_from = old
+        if diff:
+            raise ConfigError(
+                f"output directory {str(out)!r} already holds a different run (differing: "
+                f"{', '.join(diff[:8])}); use another --output-dir, or --overwrite to start over"
+                + ("; --resume may only raise epochs" if "epochs" in diff else ""))
+        if (out / CHECKPOINT).is_file():
             return "resume"
-        if cfg.resume:
-            self._log(f"--resume: no checkpoint in {out}, starting a new run")
+        self._log(f"--resume: no checkpoint in {out} yet (killed before its first), starting "
+                  f"the run over")
         return "fresh"
+
+    def _looks_complete(self) -> bool:
+        try:
+            return bool(json.loads((self.out / "summary.json").read_text()).get("complete"))
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def _build(self) -> None:
         cfg = self.cfg
@@ -239,15 +350,60 @@ class Trainer(EvaluationMixin, ProgressMixin):
     def run(self) -> dict[str, Any]:
         self._setup_distributed()
         threads = torch.get_num_threads()
+        self._lock: RunLock | None = None
+        self._signal: int | None = None
+        self.global_step = 0
+        previous = self._install_signal_handlers()
         try:
             return self._run()
+        except RunInterrupted:
+            remove_own_tmp_files()
+            raise
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if self._lock is not None:
+                self._lock.release()
             torch.set_num_threads(threads)
             if self._owns_pg and dist.is_initialized():
                 dist.destroy_process_group()
 
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT / SIGTERM set a flag; the loop stops at the next safe point (after the
+        current optimiser step and any write in progress), saves a checkpoint of that step and
+        raises :class:`RunInterrupted`. A second signal abandons at once (a write in progress
+        is abandoned, its temporary file removed; the previous checkpoint stays)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal is not None:
+                raise RunInterrupted(signum, self.global_step, self.out)
+            self._signal = signum
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handler)
+        return previous
+
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.rank == 0:
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a file in the way, no permission, read-only file system
+                raise ConfigError(f"cannot create output directory {str(self.out)!r}: "
+                                  f"{e.strerror or e}") from e
+            try:
+                self._lock = RunLock(self.out).acquire()
+            except RunLockedError as e:
+                raise ConfigError(str(e)) from None
+            except OSError as e:
+                raise ConfigError(f"cannot lock output directory {str(self.out)!r}: "
+                                  f"{e.strerror or e}") from e
         mode = self._check_output_dir()
         seed_everything(cfg.seed)
         self._build()
@@ -304,12 +460,6 @@ class Trainer(EvaluationMixin, ProgressMixin):
         self.best: dict[str, Any] | None = None
         self.complete = False
         self.records: list[dict[str, Any]] = []
-        if self.rank == 0:
-            try:
-                self.out.mkdir(parents=True, exist_ok=True)
-            except OSError as e:  # a file in the way, no permission, read-only file system
-                raise ConfigError(f"cannot create output directory {str(self.out)!r}: "
-                                  f"{e.strerror or e}") from e
         if mode == "resume":
             self._resume()
         else:
@@ -346,7 +496,7 @@ class Trainer(EvaluationMixin, ProgressMixin):
     def _start_fresh(self) -> None:
         if self.rank != 0:
             return
-        for name in (CHECKPOINT, "metrics.jsonl", "summary.json", "val_logits.pt"):
+        for name in _FRESH_REMOVES:
             (self.out / name).unlink(missing_ok=True)
         _atomic_write_text(self.out / "config.json",
                            json.dumps(self.cfg.to_dict(), indent=2, default=str) + "\n")
@@ -404,33 +554,76 @@ class Trainer(EvaluationMixin, ProgressMixin):
         }
         atomic_save(ckpt, self.out / CHECKPOINT)
 
+    def _load_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint, verified against its sha256 sidecar; ConfigError naming the file
+        for anything unreadable, corrupt or incomplete."""
+        path = self.out / CHECKPOINT
+        try:
+            if verify_checksum(path) is None:
+                self._log(f"{path}: no checksum file (written by an older softnce); not verified")
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"cannot resume: {e}") from None
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - zip, pickle, EOF, runtime: all mean corrupt
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"cannot resume: checkpoint {path} is corrupt or not a softnce "
+                              f"checkpoint ({type(e).__name__}: {first})") from None
+        if not isinstance(ckpt, dict):
+            raise ConfigError(f"cannot resume: checkpoint {path} is corrupt: expected a dict, "
+                              f"found {type(ckpt).__name__}")
+        missing = [k for k in _CKPT_KEYS if k not in ckpt]
+        if missing:
+            raise ConfigError(f"cannot resume: checkpoint {path} is incomplete (missing "
+                              f"{', '.join(missing)})")
+        return ckpt
+
     def _resume(self) -> None:
-        ckpt = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=True)
+        path = self.out / CHECKPOINT
+        ckpt = self._load_checkpoint()
         if ckpt.get("world_size", 1) != self.world:
             raise ConfigError(f"checkpoint in {self.out} was written with world size "
                               f"{ckpt.get('world_size')}; now {self.world}")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt["scaler"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None and ckpt["ema"]:
-            self.ema.load_state_dict(ckpt["ema"])
-        self.criterion.load_state_dict(ckpt["criterion"])
-        self.criterion.to(self.device)
-        self.epoch = int(ckpt["epoch"])
-        self.step_in_epoch = int(ckpt["step_in_epoch"])
-        self.global_step = int(ckpt["global_step"])
-        self.loss_sum, self.loss_count = float(ckpt["loss_sum"]), int(ckpt["loss_count"])
-        self.best = ckpt["best"] or None
-        self.complete = bool(ckpt["complete"])
-        local = ckpt["per_rank"][self.rank]
-        set_rng_state(local["rng"])
-        self.builder.load_state_dict(local["builder"])
-        self.loader_gen.set_state(local["loader_generator"])
-        # keep only the evaluations covered by the checkpoint
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt["scaler"] and self.scaler.is_enabled():
+                self.scaler.load_state_dict(ckpt["scaler"])
+            if self.ema is not None and ckpt["ema"]:
+                self.ema.load_state_dict(ckpt["ema"])
+            self.criterion.load_state_dict(ckpt["criterion"])
+            self.criterion.to(self.device)
+            self.epoch = int(ckpt["epoch"])
+            self.step_in_epoch = int(ckpt["step_in_epoch"])
+            self.global_step = int(ckpt["global_step"])
+            self.loss_sum, self.loss_count = float(ckpt["loss_sum"]), int(ckpt["loss_count"])
+            self.best = dict(ckpt["best"]) if ckpt["best"] else None
+            self.complete = bool(ckpt["complete"])
+            local = ckpt["per_rank"][self.rank]
+            set_rng_state(local["rng"])
+            self.builder.load_state_dict(local["builder"])
+            self.loader_gen.set_state(local["loader_generator"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"cannot resume: checkpoint {path} does not fit this run "
+                              f"({type(e).__name__}: {first})") from None
+        if not (0 <= self.step_in_epoch <= self.steps_per_epoch and self.global_step >= 0):
+            raise ConfigError(f"cannot resume: checkpoint {path} is corrupt (step "
+                              f"{self.step_in_epoch} of an epoch of {self.steps_per_epoch})")
+        if self._extend_from is not None:
+            if self.complete and self.epoch < self.cfg.epochs and (
+                    self.cfg.max_steps is None or self.global_step < self.cfg.max_steps):
+                self.complete = False
+            self._log(f"--resume: extending the run from {self._extend_from} to "
+                      f"{self.cfg.epochs} epochs; the cosine schedule is recomputed over the "
+                      f"new total, so the learning rate jumps up at step {self.global_step}")
+            if self.rank == 0:
+                _atomic_write_text(self.out / "config.json", json.dumps(
+                    self.cfg.to_dict(), indent=2, default=str) + "\n")
+        # keep only the evaluations covered by the checkpoint (a cut-off last line is dropped)
         mpath = self.out / "metrics.jsonl"
         if mpath.is_file():
-            recs = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()]
+            recs = read_metrics(mpath, repair=self.rank == 0)
             self.records = [r for r in recs if r["step"] <= self.global_step]
             if self.rank == 0:
                 _atomic_write_text(mpath, "".join(json.dumps(r) + "\n" for r in self.records))
@@ -481,6 +674,8 @@ class Trainer(EvaluationMixin, ProgressMixin):
                     if (kill_after and self.global_step == kill_after
                             and self.step_in_epoch < self.steps_per_epoch):
                         os.kill(os.getpid(), signal.SIGKILL)
+                    if self._signal is not None:
+                        break
                 epoch_done = self.step_in_epoch >= self.steps_per_epoch
                 last = stop or (epoch_done and self.epoch + 1 >= cfg.epochs)
                 train_loss = self._reduced_train_loss()
@@ -499,6 +694,8 @@ class Trainer(EvaluationMixin, ProgressMixin):
                 self._save_checkpoint(gen_state)
                 if kill_after and self.global_step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
+                if self._signal is not None and not self.complete:
+                    raise RunInterrupted(self._signal, self.global_step, self.out)
         if writer is not None:
             writer.close()
 
@@ -526,15 +723,21 @@ class Trainer(EvaluationMixin, ProgressMixin):
             ctx = contextlib.nullcontext() if sync or not hasattr(self.fwd, "no_sync") \
                 else self.fwd.no_sync()
             with ctx:
-                with self._autocast():
-                    loss = self.fwd(x, targets, mask) if mask is not None else self.fwd(x, targets)
-                value = float(loss.detach())
+                try:
+                    with self._autocast():
+                        loss = (self.fwd(x, targets, mask) if mask is not None
+                                else self.fwd(x, targets))
+                    value = float(loss.detach())
+                except ValueError as e:  # the losses refuse non-finite logits
+                    if "finite" not in str(e):
+                        raise
+                    value = float("nan")
                 if not math.isfinite(value):
                     raise NonFiniteLossError(
                         f"non-finite training loss {value} at optimiser step "
                         f"{self.global_step + 1} (epoch {self.epoch + 1}, micro-batch {i + 1}/"
                         f"{group}); the last good checkpoint in {self.out} was kept"
-                    )
+                    ) from None
                 self.scaler.scale(loss / group).backward()
             self.loss_sum += value
             self.loss_count += 1
@@ -560,8 +763,7 @@ class Trainer(EvaluationMixin, ProgressMixin):
         if not self.records:
             mpath = self.out / "metrics.jsonl"
             if mpath.is_file():
-                self.records = [json.loads(line) for line in mpath.read_text().splitlines()
-                                if line.strip()]
+                self.records = read_metrics(mpath)
         final = self.records[-1] if self.records else {}
         best = self.best or (max(self.records, key=lambda r: (r["top1"], -r["nll"]))
                              if self.records else {})
