@@ -291,13 +291,16 @@ def _check_ranges(c: TrainConfig) -> None:
     def finite(x: float) -> bool:
         return math.isfinite(x)
 
-    need(1 <= c.epochs <= MAX_COUNT, "epochs", f"in [1, {MAX_COUNT}]")
+    need(c.epochs >= 1, "epochs", ">= 1")
+    need(c.epochs <= MAX_COUNT, "epochs", f"<= {MAX_COUNT}")
     need(c.max_steps is None or 1 <= c.max_steps <= MAX_STEPS, "max_steps",
          f"in [1, {MAX_STEPS}] (or null)")
-    need(1 <= c.batch_size <= MAX_COUNT, "batch_size", f"in [1, {MAX_COUNT}]")
+    need(c.batch_size >= 1, "batch_size", ">= 1")
+    need(c.batch_size <= MAX_COUNT, "batch_size", f"<= {MAX_COUNT}")
     need(c.eval_batch_size is None or 1 <= c.eval_batch_size <= MAX_COUNT, "eval_batch_size",
          f"in [1, {MAX_COUNT}]")
-    need(finite(c.lr) and 0 <= c.lr <= MAX_LR, "lr", f"a finite number in [0, {MAX_LR:g}]")
+    need(finite(c.lr) and c.lr >= 0, "lr", "a finite number >= 0")
+    need(c.lr <= MAX_LR, "lr", f"<= {MAX_LR:g} (a learning rate beyond it is a typo)")
     need(finite(c.weight_decay) and 0 <= c.weight_decay <= MAX_LR, "weight_decay",
          f"in [0, {MAX_LR:g}]")
     need(c.layer_decay is None or 0 < c.layer_decay <= 1, "layer_decay", "in (0, 1] or null")

@@ -252,9 +252,18 @@ class Trainer(EvaluationMixin, ProgressMixin):
             return "fresh"
         saved_cfg = out / "config.json"
         if not cfg.resume:
-            state = "a finished run" if self._looks_complete() else "an unfinished run"
+            state = "finished run" if self._looks_complete() else "unfinished run"
+            try:
+                diff = _config_diff(_read_json_object(saved_cfg, "run config"), cfg.to_dict())
+            except ConfigError:
+                diff = []
+            if diff:
+                raise ConfigError(
+                    f"output directory {str(out)!r} already holds a different run ({state}; "
+                    f"differing: {', '.join(diff[:8])}); use another --output-dir, or "
+                    f"--overwrite to delete it and start over")
             raise ConfigError(
-                f"output directory {str(out)!r} already holds {state}; pass --resume to "
+                f"output directory {str(out)!r} already holds a {state}; pass --resume to "
                 f"continue it, --overwrite to delete it and start over, or use another "
                 f"--output-dir")
         if not saved_cfg.is_file():
@@ -326,6 +335,13 @@ class Trainer(EvaluationMixin, ProgressMixin):
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"--finetune {path}: {e}") from e
         own = self.model.state_dict()
+        wrong = sorted(k for k, v in sd.items() if k in own and own[k].is_floating_point()
+                       and not v.is_floating_point())
+        if wrong:
+            raise ConfigError(
+                f"--finetune {path}: tensor(s) {', '.join(wrong[:5])} hold {sd[wrong[0]].dtype} "
+                f"values but the model's are {own[wrong[0]].dtype}; refusing to cast integer "
+                f"or boolean weights silently (not a weight file for this model?)")
         keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
         dropped = sorted(k for k in sd if k in own and own[k].shape != sd[k].shape)
         res = self.model.load_state_dict(keep, strict=False)
