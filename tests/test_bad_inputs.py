@@ -197,7 +197,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
 
 @pytest.mark.parametrize("name,build,needle", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_a_usage_error(tmp_path, capsys, name, build, needle):
-    argv = ["train", *build(tmp_path), "--output-dir", str(tmp_path / "out"), *FAST]
+    argv = ["train", *FAST, *build(tmp_path), "--output-dir", str(tmp_path / "out")]
     try:
         rc = main(argv)
     except SystemExit as e:

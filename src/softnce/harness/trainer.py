@@ -288,6 +288,19 @@ class Trainer(EvaluationMixin, ProgressMixin):
                   f"the run over")
         return "fresh"
 
+    def _remove_stale_tmp(self) -> None:
+        """Temporary files (``<name>.<random>.tmp``) left by a killed writer: with the lock held,
+        no live process owns them. Symlinks are unlinked, never followed."""
+        import re
+
+        pattern = re.compile(r"[\w.-]+\.(pt|json|jsonl|sha256)(\.\w{8})?\.tmp")
+        for p in self.out.glob("*.tmp"):
+            if not pattern.fullmatch(p.name):
+                continue
+            with contextlib.suppress(OSError):
+                if p.is_symlink() or p.is_file():
+                    p.unlink()
+
     def _looks_complete(self) -> bool:
         try:
             return bool(json.loads((self.out / "summary.json").read_text()).get("complete"))
@@ -420,6 +433,7 @@ class Trainer(EvaluationMixin, ProgressMixin):
             except OSError as e:
                 raise ConfigError(f"cannot lock output directory {str(self.out)!r}: "
                                   f"{e.strerror or e}") from e
+            self._remove_stale_tmp()
         mode = self._check_output_dir()
         seed_everything(cfg.seed)
         self._build()
