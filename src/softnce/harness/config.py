@@ -410,11 +410,6 @@ def _check_combinations(c: TrainConfig) -> None:
             f"loss 'nll' is the plain torch.nn.CrossEntropyLoss, so temperature must be 1; found "
             f"{c.temperature} (use soft-ce for a tempered cross-entropy)"
         )
-    if spec.uses_negatives and c.negatives == "batch" and c.batch_size < 2:
-        raise ConfigError(
-            f"batch_size must be >= 2 for loss {c.loss!r} with in-batch negatives; found "
-            f"{c.batch_size} (a batch of one candidate gives loss 0 by construction: nothing "
-            f"would be learnt)")
     if c.negatives != "batch" and not spec.uses_negatives:
         raise ConfigError(
             f"negatives={c.negatives!r} only applies to the InfoNCE losses; loss {c.loss!r} "

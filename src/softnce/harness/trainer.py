@@ -333,6 +333,13 @@ class Trainer(EvaluationMixin, ProgressMixin):
         self.model.to(self.device)
         spec = LOSSES.get(cfg.loss)
         self.hard = spec.targets == "hard"
+        # one sample per batch = one candidate (graphs batch many nodes per sample: fine)
+        if (spec.uses_negatives and cfg.negatives == "batch" and cfg.batch_size < 2
+                and b.kind != "graph"):
+            raise ConfigError(
+                f"batch_size must be >= 2 for loss {cfg.loss!r} with in-batch negatives; "
+                f"found {cfg.batch_size} (a batch of one candidate gives loss 0 by "
+                f"construction: nothing would be learnt)")
         try:
             self.criterion = build_loss(cfg, b).to(self.device)
             self.builder = BatchTargetBuilder(cfg, b.kind, b.num_classes, self.hard,
