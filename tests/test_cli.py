@@ -136,8 +136,13 @@ def test_output_dir_with_a_different_run(tmp_path, capsys):
     assert_usage_error(rc, err, "already holds a different run", "lr")
     rc, _, err = run_cli([*base, "--lr", "0.5", "--resume"], capsys)
     assert_usage_error(rc, err, "already holds a different run")
-    # the same config again (without --resume) starts over in place
-    assert run_cli(base, capsys)[0] == 0
+    # the same config again: refused without an explicit --resume or --overwrite
+    rc, _, err = run_cli(base, capsys)
+    assert_usage_error(rc, err, "already holds a finished run", "--resume", "--overwrite")
+    assert run_cli([*base, "--resume"], capsys)[0] == 0
+    assert run_cli([*base, "--overwrite"], capsys)[0] == 0
+    rc, _, err = run_cli([*base, "--overwrite", "--resume"], capsys)
+    assert_usage_error(rc, err, "contradict")
 
 
 def test_output_dir_that_cannot_be_created(tmp_path, capsys):

@@ -10,7 +10,7 @@ __all__ = ["TRAIN_FLAGS", "add_train_arguments", "config_from_args"]
 # Flags that map 1:1 onto TrainConfig fields (dest -> field).
 TRAIN_FLAGS = ("dataset", "data_path", "loss", "model", "finetune", "head", "input_size",
                "epochs", "max_steps", "num_classes", "batch_size", "lr", "seed", "device",
-               "temperature", "negatives", "noise", "output_dir", "resume", "quiet")
+               "temperature", "negatives", "noise", "output_dir", "resume", "overwrite", "quiet")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -74,6 +74,10 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     p.add_argument("--resume", action="store_true", default=S,
                    help="continue from the output directory's last checkpoint" if not compare
                    else "reuse finished runs and resume unfinished ones")
+    if not compare:
+        p.add_argument("--overwrite", action="store_true", default=S,
+                       help="delete the run already in --output-dir and start over (without "
+                            "it, or --resume, an output directory holding a run is refused)")
     p.add_argument("--quiet", action="store_true", default=S,
                    help="no progress bar: plain log lines (for log files)" if not compare
                    else "only the final table (no line per finished run)")

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from softnce.data import DataError
     from softnce.harness.config import ConfigError
-    from softnce.harness.trainer import NonFiniteLossError, train
+    from softnce.harness.trainer import NonFiniteLossError, RunInterrupted, train
 
     try:
         cfg = config_from_args(args)
@@ -34,6 +34,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(e))
     except NonFiniteLossError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    except RunInterrupted as e:
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # disk full, permissions, I/O error while writing the run
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"{parser.prog}: error: {e.strerror or e}{where}; the last good checkpoint in "
+              f"{cfg.resolved_output_dir} was kept (continue with --resume)", file=sys.stderr)
         return 1
     if not cfg.quiet and summary.get("final"):
         from softnce.experiments.report import print_run_summary

@@ -36,6 +36,7 @@ set. MixUp/CutMix are batch-level and applied by the harness (``kind == "image"`
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import os
@@ -368,13 +369,40 @@ def load_tiny_imagenet(root: str | Path) -> ImageSplits:
 # CIFAR pickles
 
 
+#: Upper bound on the bytes one unpickled array may claim (set per file by :func:`safe_unpickle`
+#: to the file's size: every array's data must come from the file itself).
+_MAX_ARRAY_BYTES = contextvars.ContextVar("softnce_max_array_bytes", default=1 << 30)
+
+
+def _check_array_size(shape: Any, dtype: Any) -> None:
+    import numpy as np
+
+    if isinstance(shape, int):
+        shape = (shape,)
+    if not isinstance(shape, tuple) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
+    n = 1
+    for d in shape:
+        n *= d
+    nbytes = n * np.dtype(dtype).itemsize
+    limit = _MAX_ARRAY_BYTES.get()
+    if nbytes > limit:
+        raise pickle.UnpicklingError(
+            f"an array of shape {shape} ({nbytes} bytes) cannot come from a file of {limit} "
+            f"bytes")
+
+
 def _np_reconstruct(subtype, shape, dtype):
-    """Stand-in for ``numpy.core.multiarray._reconstruct`` that only builds plain ndarrays."""
+    """Stand-in for ``numpy.core.multiarray._reconstruct`` that only builds plain ndarrays
+    (of a size the file can hold)."""
     import numpy as np
 
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError(f"array subtype {subtype!r} is not allowed")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    dt = _np_dtype(dtype)
+    _check_array_size(shape, dt)
+    return np.ndarray.__new__(np.ndarray, shape, dt)
 
 
 def _np_dtype(*args):
@@ -392,6 +420,7 @@ def _np_frombuffer(buf, dtype, shape, order="C"):
     import numpy as np
 
     dt = _np_dtype(dtype)
+    _check_array_size(tuple(shape) if isinstance(shape, (list, tuple)) else shape, dt)
     if order not in ("C", "F", "A", "K"):
         raise pickle.UnpicklingError(f"array order {order!r} is not allowed")
     return np.frombuffer(buf, dtype=dt).reshape(shape, order="F" if order == "F" else "C")
@@ -442,15 +471,22 @@ def safe_unpickle(path: str | Path) -> Any:
     """
     path = Path(path)
     data = path.read_bytes()
+    token = _MAX_ARRAY_BYTES.set(len(data))
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except MemoryError:
+        raise DatasetFormatError(f"refusing to unpickle {path}: it asks for more memory than "
+                                 f"its {len(data)} bytes can hold") from None
     except pickle.UnpicklingError as e:
         raise DatasetFormatError(
             f"refusing to unpickle {path}: {e}. The official CIFAR pickles contain only dicts, "
             "lists, bytes, ints and numpy uint8 arrays; anything else could execute code."
         ) from e
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OverflowError, RecursionError) as e:
         raise DatasetFormatError(f"cannot read {path} as a CIFAR pickle: {e}") from e
+    finally:
+        _MAX_ARRAY_BYTES.reset(token)
 
 
 def _str_keys(d: Any, path: Path) -> dict[str, Any]:
@@ -501,7 +537,21 @@ def _cifar_batch(path: Path, label_key: str, dataset: str):
             f"{arr.size} values"
         )
     images = arr.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
-    labels = [int(y) for y in d[label_key]]
+    raw_labels = d[label_key]
+    if isinstance(raw_labels, np.ndarray):
+        if raw_labels.dtype.kind not in "iu":
+            raise DatasetFormatError(f"{dataset}: {path}: {label_key!r} must hold integer "
+                                     f"labels; found dtype {raw_labels.dtype}")
+        raw_labels = raw_labels.tolist()
+    def _is_int(y: Any) -> bool:
+        return isinstance(y, (int, np.integer)) and not isinstance(y, bool)
+
+    if not isinstance(raw_labels, (list, tuple)) or not all(_is_int(y) for y in raw_labels):
+        bad = next((y for y in raw_labels if not _is_int(y)), None) \
+            if isinstance(raw_labels, (list, tuple)) else raw_labels
+        raise DatasetFormatError(f"{dataset}: {path}: {label_key!r} must be a list of integer "
+                                 f"labels; found {type(bad).__name__} {bad!r:.40}")
+    labels = [int(y) for y in raw_labels]
     if len(labels) != images.shape[0]:
         raise DatasetFormatError(
             f"{dataset}: {path}: {images.shape[0]} images but {len(labels)} labels"

@@ -26,6 +26,7 @@ Every bundle's ``val`` is the calibration split and ``test`` the held-out test s
 from __future__ import annotations
 
 import functools
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ def _options(name: str, cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]:
 
 def _num(name: str, value: Any, lo: float, hi: float | None = None, integer: bool = False) -> Any:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
     if ok and integer:
         ok = float(value).is_integer()
     if ok:
@@ -57,6 +59,10 @@ def _num(name: str, value: Any, lo: float, hi: float | None = None, integer: boo
         kind = "an integer" if integer else "a number"
         raise DataError(f"dataset_options {name} must be {kind} {rng}; found {value!r}")
     return int(value) if integer else float(value)
+
+
+#: Most classes a label file may imply (labels are checked before anything is allocated).
+MAX_LABEL_CLASSES = 1_000_000
 
 
 def _check_num_classes(cfg: Any, name: str, c: int) -> None:
@@ -314,6 +320,9 @@ def build_mnist1d(cfg: Any) -> DataBundle:
     gen = {k: v for k, v in o.items() if k not in split}
     _num("num_samples", o["num_samples"], 20, integer=True)
     _num("train_split", o["train_split"], 0.05, 0.95)
+    _num("num_samples", o["num_samples"], 20, 1_000_000, integer=True)
+    _num("final_seq_length", o["final_seq_length"], 1, 10_000, integer=True)
+    _num("template_len", o["template_len"], 1, 10_000, integer=True)
     items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in gen.items()))
     xt, yt, xs, ys = _mnist1d_arrays(items)
     return carve_bundle("mnist1d", xt, yt.astype(np.int64), xs, ys.astype(np.int64), 10, o,
@@ -372,16 +381,23 @@ def build_synthetic(cfg: Any) -> DataBundle:
                                     "sigma": 1.0, "separation": 1.5, "imbalance": 4.0, "seed": 0,
                                     "label_noise": 0.0, "label_noise_seed": 0})
     c = cfg.num_classes or 10
+    if not 2 <= c <= 10_000:
+        raise DataError(f"dataset 'synthetic': num_classes must be in [2, 10000]; found {c}")
     _num("label_noise", o["label_noise"], 0.0, 0.95)
+    n_all = sum(_num(k, o[k], 1, 10_000_000, integer=True) for k in ("n_train", "n_val", "n_test"))
+    dim = _num("dim", o["dim"], 1, 100_000, integer=True)
+    if n_all * max(c, dim) > 200_000_000:
+        raise DataError(f"dataset 'synthetic': {n_all} samples x max(num_classes={c}, dim={dim}) "
+                        f"is too large (limit 2e8 values)")
     d = make_synthetic(
         n_train=_num("n_train", o["n_train"], 2, integer=True),
         n_val=_num("n_val", o["n_val"], 1, integer=True),
         n_test=_num("n_test", o["n_test"], 1, integer=True),
         dim=_num("dim", o["dim"], 1, integer=True),
         num_classes=c,
-        sigma=_num("sigma", o["sigma"], 1e-3),
-        separation=_num("separation", o["separation"], 0.0),
-        imbalance=_num("imbalance", o["imbalance"], 1.0),
+        sigma=_num("sigma", o["sigma"], 1e-3, 1e6),
+        separation=_num("separation", o["separation"], 0.0, 1e6),
+        imbalance=_num("imbalance", o["imbalance"], 1.0, 1e6),
         seed=_num("seed", o["seed"], 0, integer=True),
     )
     # No standardisation: the true p(y|x) is a function of the raw x (the MLP does not care).
@@ -398,10 +414,24 @@ def build_synthetic(cfg: Any) -> DataBundle:
 def _read_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     npz, csv = root / f"{split}.npz", root / f"{split}.csv"
     if npz.is_file():
-        with np.load(npz, allow_pickle=False) as f:
-            if "x" not in f or "y" not in f:
-                raise DataError(f"{npz} must hold arrays 'x' and 'y'; found {sorted(f.files)}")
-            return np.asarray(f["x"], dtype=np.float32), np.asarray(f["y"])
+        import zipfile
+        import zlib
+
+        try:
+            with np.load(npz, allow_pickle=False) as f:
+                if not hasattr(f, "files"):
+                    raise DataError(f"{npz} is a single array, not an .npz archive with arrays "
+                                    f"'x' and 'y'")
+                if "x" not in f or "y" not in f:
+                    raise DataError(f"{npz} must hold arrays 'x' and 'y'; found {sorted(f.files)}")
+                x, y = f["x"], f["y"]
+                if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+                    raise DataError(f"{npz}: x and y must be numeric arrays; found dtypes "
+                                    f"{x.dtype}, {y.dtype}")
+                return np.asarray(x, dtype=np.float32), np.asarray(y)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+            raise DataError(f"cannot read {npz} as an .npz archive (empty, truncated or not "
+                            f"numpy data: {type(e).__name__}: {e})") from None
     if csv.is_file():
         import csv as csvmod
 
@@ -455,12 +485,37 @@ def build_tabular(cfg: Any) -> DataBundle:
     has_test = (root / "test.npz").is_file() or (root / "test.csv").is_file()
     parts = {s: _read_split(root, s) for s in ("train", "val", "test") if s != "test" or has_test}
     for split, (x, y) in parts.items():
+        if x.ndim < 2:
+            raise DataError(f"tabular {split} inputs x must be 2-D or more (rows, features...); "
+                            f"found shape {x.shape}")
+        if y.ndim != 1:
+            raise DataError(f"tabular {split} labels y must be 1-D; found shape {y.shape}")
+        if len(x) != len(y):
+            raise DataError(f"tabular {split}: x has {len(x)} rows but y has {len(y)} labels")
+        if len(y) == 0:
+            raise DataError(f"tabular {split} split is empty")
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
+            raise DataError(f"tabular {split} inputs hold NaN or infinite values ({bad} rows)")
+        if not np.isfinite(y).all():
+            raise DataError(f"tabular {split} labels hold NaN or infinite values")
         if not np.all(np.equal(np.mod(y, 1), 0)):
             raise DataError(f"tabular {split} labels must be integers")
         if x.shape[1:] != parts["train"][0].shape[1:]:
             raise DataError(f"train inputs have shape {parts['train'][0].shape[1:]} but {split} "
                             f"inputs {x.shape[1:]}")
+    n_rows = sum(len(y) for _, y in parts.values())
+    top = max(float(y.max()) for _, y in parts.values())
+    limit = min(MAX_LABEL_CLASSES, max(100, 10 * n_rows))
+    if top >= limit:
+        raise DataError(f"tabular labels go up to {top:.0f}, but {n_rows} rows cannot hold more "
+                        f"than {limit} classes (labels must be 0..C-1)")
     parts = {s: (x, y.astype(np.int64)) for s, (x, y) in parts.items()}
+    if len(parts["train"][1]) < 2:
+        raise DataError(f"tabular train split has {len(parts['train'][1])} row; need at least 2")
+    if len(np.unique(parts["train"][1])) < 2:
+        raise DataError("tabular train labels hold a single class; a classifier needs at "
+                        "least 2")
     c = int(max(y.max() for _, y in parts.values())) + 1
     if cfg.num_classes is not None:
         if cfg.num_classes < c:

@@ -272,8 +272,9 @@ def run_cv(
     if out.exists() and not out.is_dir():
         raise CVError(f"--output-dir {str(out)!r} is a file")
     entries = cv_loss_configs(config, losses, model)
+    # without resume every fold starts over (explicitly: the harness refuses to reuse a run dir)
     fields = {"data_path": str(root), "epochs": epochs, "seed": seed, "resume": resume,
-              "quiet": True}
+              "overwrite": not resume, "quiet": True}
     plan = _plan(entries, folds, overrides, fields, out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

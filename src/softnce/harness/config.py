@@ -60,9 +60,23 @@ MIX_MODE_CHOICES = ("batch", "pair", "elem")
 HEAD_CHOICES = ("linear", "mlp", "embedding")
 # Fields that may differ between a run and its resumption / a rerun in the same directory.
 RUNTIME_ONLY_KEYS = frozenset(
-    {"resume", "quiet", "output_dir", "workers", "device", "tensorboard", "eval_batch_size",
-     "cpu_threads"}
+    {"resume", "overwrite", "quiet", "output_dir", "workers", "device", "tensorboard",
+     "eval_batch_size", "cpu_threads"}
 )
+
+
+#: Sanity bounds: values beyond them are typos or attacks (and would allocate absurd memory).
+MAX_COUNT = 10_000_000
+MAX_STEPS = 10**12
+MAX_LR = 1e6
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024
+MAX_NEGATIVES = 10_000_000
+MAX_CLASSES = 1_000_000
+#: YAML documents may hold at most this many nodes once aliases are expanded (alias bombs).
+YAML_MAX_NODES = 100_000
+#: Longest YAML config file read (bytes).
+YAML_MAX_BYTES = 4 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -125,6 +139,8 @@ class TrainConfig:
     cpu_threads: Any = "auto"
     output_dir: str | None = None
     resume: bool = False
+    # start over in an output directory that already holds a run (deletes its run files)
+    overwrite: bool = False
     quiet: bool = False
     eval_every: int = 1
     ckpt_every_steps: int = 0
@@ -276,17 +292,25 @@ def _check_ranges(c: TrainConfig) -> None:
         return math.isfinite(x)
 
     need(c.epochs >= 1, "epochs", ">= 1")
-    need(c.max_steps is None or c.max_steps >= 1, "max_steps", ">= 1 (or null)")
+    need(c.epochs <= MAX_COUNT, "epochs", f"<= {MAX_COUNT}")
+    need(c.max_steps is None or 1 <= c.max_steps <= MAX_STEPS, "max_steps",
+         f"in [1, {MAX_STEPS}] (or null)")
     need(c.batch_size >= 1, "batch_size", ">= 1")
-    need(c.eval_batch_size is None or c.eval_batch_size >= 1, "eval_batch_size", ">= 1")
+    need(c.batch_size <= MAX_COUNT, "batch_size", f"<= {MAX_COUNT}")
+    need(c.eval_batch_size is None or 1 <= c.eval_batch_size <= MAX_COUNT, "eval_batch_size",
+         f"in [1, {MAX_COUNT}]")
     need(finite(c.lr) and c.lr >= 0, "lr", "a finite number >= 0")
-    need(finite(c.weight_decay) and c.weight_decay >= 0, "weight_decay", ">= 0")
+    need(c.lr <= MAX_LR, "lr", f"<= {MAX_LR:g} (a learning rate beyond it is a typo)")
+    need(finite(c.weight_decay) and 0 <= c.weight_decay <= MAX_LR, "weight_decay",
+         f"in [0, {MAX_LR:g}]")
     need(c.layer_decay is None or 0 < c.layer_decay <= 1, "layer_decay", "in (0, 1] or null")
-    need(finite(c.warmup_epochs) and c.warmup_epochs >= 0, "warmup_epochs", ">= 0")
-    need(finite(c.min_lr) and c.min_lr >= 0, "min_lr", ">= 0")
+    need(finite(c.warmup_epochs) and 0 <= c.warmup_epochs <= MAX_COUNT, "warmup_epochs",
+         f"in [0, {MAX_COUNT}]")
+    need(finite(c.min_lr) and 0 <= c.min_lr <= MAX_LR, "min_lr", f"in [0, {MAX_LR:g}]")
+    need(0 <= c.seed <= MAX_SEED, "seed", f"an integer in [0, 2**32 - 1 = {MAX_SEED}]")
     need(c.clip_grad is None or (finite(c.clip_grad) and c.clip_grad > 0), "clip_grad",
          "> 0 or null")
-    need(c.accum_steps >= 1, "accum_steps", ">= 1")
+    need(1 <= c.accum_steps <= MAX_COUNT, "accum_steps", f"in [1, {MAX_COUNT}]")
     need(c.ema is None or 0 < c.ema < 1, "ema", "a decay in (0, 1) or null")
     need(0 <= c.drop_path < 1, "drop_path", "in [0, 1)")
     need(0 <= c.smoothing < 1, "smoothing", "in [0, 1)")
@@ -295,22 +319,24 @@ def _check_ranges(c: TrainConfig) -> None:
     need(0 <= c.mix_prob <= 1, "mix_prob", "in [0, 1]")
     need(0 <= c.switch_prob <= 1, "switch_prob", "in [0, 1]")
     need(finite(c.temperature) and c.temperature > 0, "temperature", "a finite number > 0")
-    need(c.queue_size >= 1, "queue_size", ">= 1")
-    need(c.num_negatives >= 1, "num_negatives", ">= 1")
-    need(finite(c.simplex_concentration) and c.simplex_concentration > 0,
-         "simplex_concentration", "a finite number > 0")
-    need(c.workers >= 0, "workers", ">= 0")
+    need(1 <= c.queue_size <= MAX_NEGATIVES, "queue_size", f"in [1, {MAX_NEGATIVES}]")
+    need(1 <= c.num_negatives <= MAX_NEGATIVES, "num_negatives", f"in [1, {MAX_NEGATIVES}]")
+    need(finite(c.simplex_concentration) and 1e-3 <= c.simplex_concentration <= 1e3,
+         "simplex_concentration", "a number in [1e-3, 1e3]")
+    need(0 <= c.workers <= 256, "workers", "in [0, 256]")
     if isinstance(c.cpu_threads, str) and re.fullmatch(r"\d+", c.cpu_threads):
         c.cpu_threads = int(c.cpu_threads)
     if not (c.cpu_threads is None or c.cpu_threads == "auto" or (
             isinstance(c.cpu_threads, int) and not isinstance(c.cpu_threads, bool)
-            and c.cpu_threads >= 1)):
-        raise ConfigError(f"cpu_threads must be auto, an integer >= 1 or null; found "
+            and 1 <= c.cpu_threads <= MAX_THREADS)):
+        raise ConfigError(f"cpu_threads must be auto, an integer in [1, {MAX_THREADS}] or null; found "
                           f"{c.cpu_threads!r}")
-    need(c.eval_every >= 1, "eval_every", ">= 1")
-    need(c.ckpt_every_steps >= 0, "ckpt_every_steps", ">= 0 (0: epoch ends only)")
-    need(c.num_classes is None or c.num_classes >= 2, "num_classes", ">= 2 (or null)")
-    need(c.input_size is None or c.input_size >= 1, "input_size", ">= 1 (or null)")
+    need(1 <= c.eval_every <= MAX_COUNT, "eval_every", f"in [1, {MAX_COUNT}]")
+    need(0 <= c.ckpt_every_steps <= MAX_STEPS, "ckpt_every_steps", ">= 0 (0: epoch ends only)")
+    need(c.num_classes is None or 2 <= c.num_classes <= MAX_CLASSES, "num_classes",
+         f"in [2, {MAX_CLASSES}] (or null)")
+    need(c.input_size is None or 1 <= c.input_size <= 8192, "input_size",
+         "in [1, 8192] (or null)")
     _choice("amp", c.amp, AMP_CHOICES)
     _choice("noise", c.noise, NOISE_CHOICES)
     _choice("negatives", c.negatives, NEGATIVES_CHOICES)
@@ -419,6 +445,83 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_EXP_FLOAT = re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$""")
+_LOADER: Any = None
+
+
+def _safe_loader() -> Any:
+    """A ``yaml.SafeLoader`` subclass that (1) reads exponent floats without a dot (``5e-1``,
+    ``1e3``; YAML 1.1 would read them as strings) and (2) refuses documents that expand to more
+    than :data:`YAML_MAX_NODES` nodes through aliases (a "billion laughs" alias bomb) or whose
+    aliases form a cycle."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        def construct_document(self, node: Any) -> Any:
+            _check_expanded_size(node, self.__dict__.get("_softnce_source", "YAML"))
+            return super().construct_document(node)
+
+    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT,
+                                  list("-+0123456789."))
+    _LOADER = _Loader
+    return _Loader
+
+
+def _check_expanded_size(root: Any, source: str) -> None:
+    import yaml
+
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"{source}: YAML aliases form a cycle (recursive structure)")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                total += size(child)
+                if total > YAML_MAX_NODES:
+                    break
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                total += size(k) + size(v)
+                if total > YAML_MAX_NODES:
+                    break
+        active.discard(key)
+        if total > YAML_MAX_NODES:
+            raise ConfigError(f"{source}: YAML document expands to more than {YAML_MAX_NODES} "
+                              f"nodes (alias bomb?); refusing to read it")
+        sizes[key] = total
+        return total
+
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        size(root)
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML document is nested too deeply") from None
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _yaml_load(text: str, source: str) -> Any:
+    loader = _safe_loader()(text)
+    loader._softnce_source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping, following ``base:`` (a path or list of paths relative to the file)."""
     from softnce._optional import require
@@ -429,9 +532,19 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in _seen:
         raise ConfigError(f"config 'base:' cycle: {' -> '.join(map(str, (*_seen, path)))}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    if len(raw) > YAML_MAX_BYTES:
+        raise ConfigError(f"config file {path} is larger than {YAML_MAX_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e})") from None
+    try:
+        data = _yaml_load(text, str(path)) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse {path} as YAML: {e}") from e
+        raise ConfigError(f"cannot parse {path} as YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping; found {type(data).__name__}")
     # ``base:`` as a path (or list of paths) is inheritance; a mapping (compare configs) is data
@@ -455,9 +568,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _yaml_load(raw, f"--set {key}") if raw.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
         parts = key.split(".")
         top = _field_name(parts[0], "--set")
         if len(parts) > 1:

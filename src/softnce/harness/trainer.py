@@ -29,7 +29,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import signal
 import sys
 import time
@@ -49,12 +48,20 @@ from softnce.harness.mixing import (
     BatchTargetBuilder,
 )
 from softnce.harness.progress import ProgressMixin
+from softnce.harness.rundir import (  # noqa: F401
+    CHECKPOINT,
+    RunDirMixin,
+    RunInterrupted,
+    read_metrics,
+)
 from softnce.harness.samplers import (  # noqa: F401
     ResumableDistributedSampler,
     ShardSampler,
     TensorBatchLoader,
 )
 from softnce.harness.state import (  # noqa: F401
+    RunLock,
+    RunLockedError,
     _atomic_write_text,
     _batch_len,
     _config_diff,
@@ -63,15 +70,18 @@ from softnce.harness.state import (  # noqa: F401
     lr_at,
     move_to,
     package_versions,
+    remove_own_tmp_files,
     rng_state,
     seed_everything,
     set_rng_state,
+    verify_checksum,
 )
 
 __all__ = [
     "LOSSES",
     "LossSpec",
     "NonFiniteLossError",
+    "RunInterrupted",
     "Trainer",
     "build_loss",
     "noise_probs",
@@ -79,7 +89,6 @@ __all__ = [
     "train",
 ]
 
-CHECKPOINT = "checkpoint.pt"
 METRIC_KEYS = ("top1", "top5", "ece", "mce", "ace", "nll", "brier")
 #: Test hook: the process SIGKILLs itself right after this optimiser step (and its checkpoint).
 KILL_ENV = "SOFTNCE_DEBUG_SIGKILL_AFTER_STEP"
@@ -89,8 +98,6 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (the last good checkpoint is kept)."""
 
 
-
-# ---------------------------------------------------------------------------- samplers
 class _ForwardLoss(nn.Module):
     """``model_input, targets -> loss`` as one module, so DDP sees the whole computation (the
     model's ``compute_loss`` hook included). The criterion is not a submodule (its buffers, e.g.
@@ -113,7 +120,7 @@ class _ForwardLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------ trainer
-class Trainer(EvaluationMixin, ProgressMixin):
+class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
     """One run; :meth:`run` returns the summary dict (also written to ``summary.json``)."""
 
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> None:
@@ -141,6 +148,9 @@ class Trainer(EvaluationMixin, ProgressMixin):
             dev = cfg.device
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available")
+        if dev == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                 and torch.backends.mps.is_available()):
+            raise ConfigError("device 'mps' requested but MPS (Apple GPU) is not available")
         if world_env > 1 and not (dist.is_available() and dist.is_initialized()):
             backend = "nccl" if dev.startswith("cuda") else "gloo"
             if dev.startswith("cuda"):
@@ -153,30 +163,6 @@ class Trainer(EvaluationMixin, ProgressMixin):
             local = int(os.environ.get("LOCAL_RANK", "0"))
             dev = f"cuda:{local}"
         self.device = torch.device(dev)
-
-    def _check_output_dir(self) -> str:
-        """'fresh' | 'resume' | 'done'; raises ConfigError for a different run in the dir."""
-        cfg, out = self.cfg, self.out
-        saved_cfg = out / "config.json"
-        ckpt = out / CHECKPOINT
-        has_run = saved_cfg.is_file() or ckpt.is_file()
-        if has_run:
-            try:
-                saved = json.loads(saved_cfg.read_text()) if saved_cfg.is_file() else None
-            except (OSError, json.JSONDecodeError):
-                saved = None
-            diff = _config_diff(saved, cfg.to_dict()) if saved is not None else ["config.json"]
-            if diff:
-                raise ConfigError(
-                    f"output directory {str(out)!r} already holds a different run (differing: "
-                    f"{', '.join(diff[:8])}); use another --output-dir"
-                    + ("" if cfg.resume else " or remove it")
-                )
-        if cfg.resume and ckpt.is_file():
-            return "resume"
-        if cfg.resume:
-            self._log(f"--resume: no checkpoint in {out}, starting a new run")
-        return "fresh"
 
     def _build(self) -> None:
         cfg = self.cfg
@@ -204,6 +190,13 @@ class Trainer(EvaluationMixin, ProgressMixin):
         self.model.to(self.device)
         spec = LOSSES.get(cfg.loss)
         self.hard = spec.targets == "hard"
+        # one sample per batch = one candidate (graphs batch many nodes per sample: fine)
+        if (spec.uses_negatives and cfg.negatives == "batch" and cfg.batch_size < 2
+                and b.kind != "graph"):
+            raise ConfigError(
+                f"batch_size must be >= 2 for loss {cfg.loss!r} with in-batch negatives; "
+                f"found {cfg.batch_size} (a batch of one candidate gives loss 0 by "
+                f"construction: nothing would be learnt)")
         try:
             self.criterion = build_loss(cfg, b).to(self.device)
             self.builder = BatchTargetBuilder(cfg, b.kind, b.num_classes, self.hard,
@@ -219,6 +212,13 @@ class Trainer(EvaluationMixin, ProgressMixin):
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"--finetune {path}: {e}") from e
         own = self.model.state_dict()
+        wrong = sorted(k for k, v in sd.items() if k in own and own[k].is_floating_point()
+                       and not v.is_floating_point())
+        if wrong:
+            raise ConfigError(
+                f"--finetune {path}: tensor(s) {', '.join(wrong[:5])} hold {sd[wrong[0]].dtype} "
+                f"values but the model's are {own[wrong[0]].dtype}; refusing to cast integer "
+                f"or boolean weights silently (not a weight file for this model?)")
         keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
         dropped = sorted(k for k in sd if k in own and own[k].shape != sd[k].shape)
         res = self.model.load_state_dict(keep, strict=False)
@@ -246,15 +246,40 @@ class Trainer(EvaluationMixin, ProgressMixin):
     def run(self) -> dict[str, Any]:
         self._setup_distributed()
         threads = torch.get_num_threads()
+        self._lock: RunLock | None = None
+        self._signal: int | None = None
+        self.global_step = 0
+        previous = self._install_signal_handlers()
         try:
             return self._run()
+        except RunInterrupted:
+            remove_own_tmp_files()
+            raise
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if self._lock is not None:
+                self._lock.release()
             torch.set_num_threads(threads)
             if self._owns_pg and dist.is_initialized():
                 dist.destroy_process_group()
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.rank == 0:
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a file in the way, no permission, read-only file system
+                raise ConfigError(f"cannot create output directory {str(self.out)!r}: "
+                                  f"{e.strerror or e}") from e
+            try:
+                self._lock = RunLock(self.out).acquire()
+            except RunLockedError as e:
+                raise ConfigError(str(e)) from None
+            except OSError as e:
+                raise ConfigError(f"cannot lock output directory {str(self.out)!r}: "
+                                  f"{e.strerror or e}") from e
+            self._remove_stale_tmp()
         mode = self._check_output_dir()
         seed_everything(cfg.seed)
         self._build()
@@ -317,12 +342,6 @@ class Trainer(EvaluationMixin, ProgressMixin):
         self.best: dict[str, Any] | None = None
         self.complete = False
         self.records: list[dict[str, Any]] = []
-        if self.rank == 0:
-            try:
-                self.out.mkdir(parents=True, exist_ok=True)
-            except OSError as e:  # a file in the way, no permission, read-only file system
-                raise ConfigError(f"cannot create output directory {str(self.out)!r}: "
-                                  f"{e.strerror or e}") from e
         if mode == "resume":
             self._resume()
         else:
@@ -356,100 +375,6 @@ class Trainer(EvaluationMixin, ProgressMixin):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if amp == "bf16" else torch.float16
 
-    def _start_fresh(self) -> None:
-        if self.rank != 0:
-            return
-        for name in (CHECKPOINT, "metrics.jsonl", "summary.json", "val_logits.pt"):
-            (self.out / name).unlink(missing_ok=True)
-        _atomic_write_text(self.out / "config.json",
-                           json.dumps(self.cfg.to_dict(), indent=2, default=str) + "\n")
-        info = {
-            "seed": self.cfg.seed,
-            "argv": sys.argv,
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-            "world_size": self.world,
-            "device": str(self.device),
-            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
-            "model": self.model_name,
-            "num_parameters": sum(p.numel() for p in self.model.parameters()),
-            "dataset": {"name": self.bundle.name, "kind": self.bundle.kind,
-                        "num_classes": self.bundle.num_classes,
-                        "n_train": len(self.bundle.train), "n_val": len(self.bundle.val),
-                        "input_shape": list(self.bundle.input_shape)},
-            "steps_per_epoch": self.steps_per_epoch,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "hostname": platform.node(),
-        }
-        _atomic_write_text(self.out / "run_info.json", json.dumps(info, indent=2) + "\n")
-
-    # ------------------------------------------------------------------ checkpoints
-    def _local_state(self, epoch_start_gen: torch.Tensor) -> dict[str, Any]:
-        return {"rng": rng_state(), "builder": self.builder.state_dict(),
-                "loader_generator": epoch_start_gen}
-
-    def _save_checkpoint(self, epoch_start_gen: torch.Tensor) -> None:
-        local = self._local_state(epoch_start_gen)
-        if self.world > 1:
-            per_rank: list[Any] = [None] * self.world
-            dist.all_gather_object(per_rank, local)
-        else:
-            per_rank = [local]
-        if self.rank != 0:
-            return
-        ckpt = {
-            "format": 1,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "ema": self.ema.state_dict() if self.ema is not None else {},
-            "criterion": self.criterion.state_dict(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "loss_sum": self.loss_sum,
-            "loss_count": self.loss_count,
-            "best": self.best or {},
-            "complete": self.complete,
-            "world_size": self.world,
-            "per_rank": per_rank,
-            "config": json.loads(json.dumps(self.cfg.to_dict(), default=str)),
-        }
-        atomic_save(ckpt, self.out / CHECKPOINT)
-
-    def _resume(self) -> None:
-        ckpt = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=True)
-        if ckpt.get("world_size", 1) != self.world:
-            raise ConfigError(f"checkpoint in {self.out} was written with world size "
-                              f"{ckpt.get('world_size')}; now {self.world}")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt["scaler"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None and ckpt["ema"]:
-            self.ema.load_state_dict(ckpt["ema"])
-        self.criterion.load_state_dict(ckpt["criterion"])
-        self.criterion.to(self.device)
-        self.epoch = int(ckpt["epoch"])
-        self.step_in_epoch = int(ckpt["step_in_epoch"])
-        self.global_step = int(ckpt["global_step"])
-        self.loss_sum, self.loss_count = float(ckpt["loss_sum"]), int(ckpt["loss_count"])
-        self.best = ckpt["best"] or None
-        self.complete = bool(ckpt["complete"])
-        local = ckpt["per_rank"][self.rank]
-        set_rng_state(local["rng"])
-        self.builder.load_state_dict(local["builder"])
-        self.loader_gen.set_state(local["loader_generator"])
-        # keep only the evaluations covered by the checkpoint
-        mpath = self.out / "metrics.jsonl"
-        if mpath.is_file():
-            recs = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()]
-            self.records = [r for r in recs if r["step"] <= self.global_step]
-            if self.rank == 0:
-                _atomic_write_text(mpath, "".join(json.dumps(r) + "\n" for r in self.records))
-        self._log(f"resumed {self.out} at epoch {self.epoch} step {self.global_step}")
-
-    # ------------------------------------------------------------------ training
     def _train_loop(self) -> None:
         cfg = self.cfg
         kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
@@ -494,6 +419,8 @@ class Trainer(EvaluationMixin, ProgressMixin):
                     if (kill_after and self.global_step == kill_after
                             and self.step_in_epoch < self.steps_per_epoch):
                         os.kill(os.getpid(), signal.SIGKILL)
+                    if self._signal is not None:
+                        break
                 epoch_done = self.step_in_epoch >= self.steps_per_epoch
                 last = stop or (epoch_done and self.epoch + 1 >= cfg.epochs)
                 train_loss = self._reduced_train_loss()
@@ -513,6 +440,8 @@ class Trainer(EvaluationMixin, ProgressMixin):
                 self._save_checkpoint(gen_state)
                 if kill_after and self.global_step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
+                if self._signal is not None and not self.complete:
+                    raise RunInterrupted(self._signal, self.global_step, self.out)
         if writer is not None:
             writer.close()
 
@@ -586,15 +515,21 @@ class Trainer(EvaluationMixin, ProgressMixin):
         ctx = contextlib.nullcontext() if sync or not hasattr(self.fwd, "no_sync") \
             else self.fwd.no_sync()
         with ctx:
-            with self._autocast():
-                loss = self.fwd(x, targets, mask) if mask is not None else self.fwd(x, targets)
-            value = float(loss.detach())
+            try:
+                with self._autocast():
+                    loss = (self.fwd(x, targets, mask) if mask is not None
+                            else self.fwd(x, targets))
+                value = float(loss.detach())
+            except ValueError as e:  # the losses refuse non-finite logits
+                if "finite" not in str(e):
+                    raise
+                value = float("nan")
             if not math.isfinite(value):
                 raise NonFiniteLossError(
                     f"non-finite training loss {value} at optimiser step "
                     f"{self.global_step + 1} (epoch {self.epoch + 1}, micro-batch {i + 1}/"
                     f"{group}); the last good checkpoint in {self.out} was kept"
-                )
+                ) from None
             scaled = loss * weight if group > 1 else loss
             (self.scaler.scale(scaled) if self.scaler.is_enabled() else scaled).backward()
         self.loss_sum += value
@@ -612,8 +547,7 @@ class Trainer(EvaluationMixin, ProgressMixin):
         if not self.records:
             mpath = self.out / "metrics.jsonl"
             if mpath.is_file():
-                self.records = [json.loads(line) for line in mpath.read_text().splitlines()
-                                if line.strip()]
+                self.records = read_metrics(mpath)
         final = self.records[-1] if self.records else {}
         best = self.best or (max(self.records, key=lambda r: (r["top1"], -r["nll"]))
                              if self.records else {})

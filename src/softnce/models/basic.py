@@ -31,13 +31,18 @@ def _options(name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict
     return merge_options("model_options", f"model {name!r}", given, defaults)
 
 
+#: Widest layer a model option may ask for (wider is a typo, and would allocate gigabytes).
+MAX_WIDTH = 65536
+
+
 def _int_list(name: str, value: Any) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
-    ):
-        raise ValueError(f"model_options {name} must be a list of positive ints; found {value!r}")
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WIDTH for v in value
+    ) or len(value) > 1000:
+        raise ValueError(f"model_options {name} must be a list of ints in [1, {MAX_WIDTH}]; "
+                         f"found {value!r:.80}")
     return list(value)
 
 

@@ -28,6 +28,12 @@ _NESTED_KEYS = ("model", "state_dict", "module", "model_state", "model_state_dic
 
 
 def _torch_load(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (PK\x03\x04); legacy files are a pickle (0x80 PROTO)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a "
+                         f"pickle; found {head!r} at its start) nor a .safetensors file")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -41,8 +47,10 @@ def _torch_load(path: Path) -> Any:
             "torch.save({'model': ckpt['model']}, 'clean.pth') in a session where you load it "
             f"yourself, or convert it to safetensors. (torch said: {first})"
         ) from e
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"cannot read {path} as a PyTorch checkpoint (truncated or corrupt: "
+                         f"{first})") from e
 
 
 def extract_state_dict(obj: Any, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:

@@ -140,15 +140,47 @@ def _map_labels(raw: np.ndarray, path: str, key: str) -> np.ndarray:
     return lut[raw]
 
 
+#: Most elements one HDF5 dataset may declare (checked before reading: a file of a few bytes can
+#: declare a chunked dataset of 1e11 elements, which h5py would allocate in full).
+MAX_DATASET_ELEMENTS = 200_000_000
+
+
+def _read_ds(node: Any, key: str, path: str, where: str = "") -> np.ndarray:
+    """``node[key][()]`` after checking ``key`` is a dataset of a sane declared size."""
+    import h5py
+
+    name = f"{where}/{key}" if where else key
+    try:
+        ds = node.get(key)
+    except (RuntimeError, KeyError, OSError) as e:  # soft-link loops, dangling external links
+        raise ValueError(f"{path}: cannot open {name} ({e})") from None
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(f"{path}: {name} is not a dataset")
+    if ds.size > MAX_DATASET_ELEMENTS or ds.size * ds.dtype.itemsize > 8 * MAX_DATASET_ELEMENTS:
+        raise ValueError(f"{path}: {name} declares shape {ds.shape} ({ds.size} elements); "
+                         f"refusing to read more than {MAX_DATASET_ELEMENTS}")
+    try:
+        return np.asarray(ds[()])
+    except (OSError, RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read {name} ({e})") from None
+
+
+def _safe_get(fh: Any, key: str) -> Any:
+    try:
+        return fh.get(key)
+    except (RuntimeError, KeyError, OSError):  # soft-link loops and the like: treated as missing
+        return None
+
+
 def _read_features(
     group: Any, specs: Sequence[FeatureSpec], rows: int, path: str, group_name: str
 ) -> np.ndarray:
-    missing = [s.name for s in specs if s.name not in group]
+    missing = [s.name for s in specs if _safe_get(group, s.name) is None]
     if missing:
         raise ValueError(f"{path}: group {group_name!r} lacks the feature datasets {missing}")
     blocks = []
     for spec in specs:
-        a = np.asarray(group[spec.name][()])
+        a = _read_ds(group, spec.name, path, group_name)
         if a.ndim == 1:
             a = a[:, None]
         w = spec.raw_width
@@ -206,17 +238,17 @@ def read_ovule(path: str | Path) -> OvuleGraph:
     with fh:
         required = ("cell_ids", "cell_labels", "edges_ids", "edges_labels")
         groups = ("cell_features", "edges_features")
-        missing = [k for k in required if not isinstance(fh.get(k), h5py.Dataset)]
-        missing += [k for k in groups if not isinstance(fh.get(k), h5py.Group)]
+        missing = [k for k in required if not isinstance(_safe_get(fh, k), h5py.Dataset)]
+        missing += [k for k in groups if not isinstance(_safe_get(fh, k), h5py.Group)]
         if missing:
             raise ValueError(
                 f"{path}: missing {missing} (a CellTypeGraph file needs datasets {list(required)} "
                 f"and groups {list(groups)})"
             )
-        cell_ids = np.asarray(fh["cell_ids"][()])
-        labels_raw = np.asarray(fh["cell_labels"][()])
-        edges = np.asarray(fh["edges_ids"][()])
-        edge_labels = np.asarray(fh["edges_labels"][()])
+        cell_ids = _read_ds(fh, "cell_ids", path)
+        labels_raw = _read_ds(fh, "cell_labels", path)
+        edges = _read_ds(fh, "edges_ids", path)
+        edge_labels = _read_ds(fh, "edges_labels", path)
         if cell_ids.ndim != 1 or cell_ids.shape[0] == 0 or cell_ids.dtype.kind not in "iu":
             raise ValueError(
                 f"{path}: cell_ids must be a non-empty 1-D integer array; found shape "
@@ -239,16 +271,18 @@ def read_ovule(path: str | Path) -> OvuleGraph:
             )
         y = _map_labels(labels_raw, path, "cell_labels")
         y2 = None
-        if "cell_labels_set2" in fh:
-            raw2 = np.asarray(fh["cell_labels_set2"][()])
+        if _safe_get(fh, "cell_labels_set2") is not None:
+            raw2 = _read_ds(fh, "cell_labels_set2", path)
             if raw2.shape != (n,):
                 raise ValueError(
                     f"{path}: cell_labels_set2 must have shape ({n},); found {raw2.shape}"
                 )
             y2 = _map_labels(raw2, path, "cell_labels_set2")
-        x = _read_features(fh["cell_features"], NODE_FEATURES, n, path, "cell_features")
+        x = _read_features(_safe_get(fh, "cell_features"), NODE_FEATURES, n, path,
+                           "cell_features")
         # edge transforms see every stored row (background pairs included), as in the benchmark
-        ea = _read_features(fh["edges_features"], EDGE_FEATURES, e_all, path, "edges_features")
+        ea = _read_features(_safe_get(fh, "edges_features"), EDGE_FEATURES, e_all, path,
+                            "edges_features")
 
     edge_index, ea, edge_labels = _edge_index(edges, ea, edge_labels, cell_ids, path)
     return OvuleGraph(
