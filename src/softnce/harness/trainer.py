@@ -314,6 +314,10 @@ class Trainer(EvaluationMixin, ProgressMixin):
             self._resume()
         else:
             self._start_fresh()
+        if self.rank == 0:  # model.json: what prediction needs (softnce.harness.runs)
+            from softnce.harness.runs import write_model_info
+
+            write_model_info(self, fresh=mode != "resume")
         if self.complete:
             self._log(f"run in {self.out} is already complete; nothing to do")
             return self._summary()
@@ -581,6 +585,9 @@ class Trainer(EvaluationMixin, ProgressMixin):
             "output_dir": str(self.out),
             "splits": dict(self.bundle.splits),
         }
+        from softnce.harness.runs import BEST_FILE, BEST_METRIC
+
+        summary.update(best_metric=BEST_METRIC, best_checkpoint=BEST_FILE)
         if self.complete:
             test = self._test_evaluation()
             if test is not None:
