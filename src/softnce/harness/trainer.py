@@ -206,6 +206,12 @@ class Trainer(EvaluationMixin, ProgressMixin):
                                               seed=cfg.seed * 1000 + 17 + self.rank)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"loss {cfg.loss!r} on dataset {cfg.dataset!r}: {e}") from e
+        self.distiller = None
+        if cfg.teacher is not None:  # knowledge distillation (softnce.harness.distill)
+            from softnce.harness.distill import Distiller
+
+            self.distiller = Distiller(cfg, b, self.device, self.out, self.rank, self.hard)
+            b.train = self.distiller.wrap_train(b.train)  # + sample indices when cached
 
     def _load_finetune(self, path: str) -> None:
         from softnce.models.checkpoints import load_state_dict_file
@@ -520,18 +526,24 @@ class Trainer(EvaluationMixin, ProgressMixin):
             g["lr"] = lr_at(self.global_step, cfg, self.steps_per_epoch) * g.get("lr_scale", 1.0)
         samples = 0
         for i in range(group):
-            batch = move_to(next(it), self.device)
+            batch, rows = move_to(next(it), self.device), None
+            if self.distiller is not None:
+                batch, rows = self.distiller.split_batch(batch)
             x, labels, soft, mask = self.bundle.unpack(batch)
             if mask is not None:
                 labels = labels[mask]
                 soft = soft[mask] if soft is not None else None
             x, targets = self.builder(x, labels, soft)
+            if self.distiller is not None:  # teacher on the (mixed) inputs the student sees
+                targets = self.distiller.targets(x, targets, rows, mask)
             sync = i == group - 1 or self.world == 1
             ctx = contextlib.nullcontext() if sync or not hasattr(self.fwd, "no_sync") \
                 else self.fwd.no_sync()
             with ctx:
                 with self._autocast():
                     loss = self.fwd(x, targets, mask) if mask is not None else self.fwd(x, targets)
+                    if self.distiller is not None and self.distiller.loss_scale != 1.0:
+                        loss = loss * self.distiller.loss_scale  # kd_t2_scaling
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise NonFiniteLossError(
