@@ -5,6 +5,9 @@ Core API::
     from softnce import (soft_target_infonce, SoftTargetInfoNCE, InfoNCE,
                          SoftTargetCrossEntropy, class_prior, SoftTargets)
 
+``softnce.load_run(run_dir, checkpoint="best")`` loads a finished training run for prediction
+(imported lazily: ``import softnce`` needs only torch).
+
 Hard NLL is ``torch.nn.CrossEntropyLoss``. Predictions are ``softmax(logits / temperature)``.
 """
 
@@ -31,5 +34,16 @@ __all__ = [
     "soft_target_cross_entropy",
     "soft_target_infonce",
     "uniform_noise",
+    "load_run",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """``softnce.load_run`` (and ``RunError``, ``LoadedRun``) without importing the harness at
+    ``import softnce``."""
+    if name in ("load_run", "LoadedRun", "RunError"):
+        from softnce.harness import runs
+
+        return getattr(runs, name)
+    raise AttributeError(f"module 'softnce' has no attribute {name!r}")

@@ -10,7 +10,8 @@ __all__ = ["TRAIN_FLAGS", "add_train_arguments", "config_from_args"]
 # Flags that map 1:1 onto TrainConfig fields (dest -> field).
 TRAIN_FLAGS = ("dataset", "data_path", "loss", "model", "finetune", "head", "input_size",
                "epochs", "max_steps", "num_classes", "batch_size", "lr", "seed", "device",
-               "temperature", "negatives", "noise", "output_dir", "resume", "overwrite", "quiet")
+               "temperature", "negatives", "noise", "output_dir", "resume", "overwrite", "quiet",
+               "teacher")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -52,6 +53,10 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
                    help=f"model: {', '.join(_registered('model'))} or a timm model name "
                         "(default: the data set's)")
     p.add_argument("--finetune", default=S, metavar="PATH", help="initial weights")
+    if not compare:
+        p.add_argument("--teacher", default=S, metavar="RUN_DIR",
+                       help="distil from a finished run (its best.pt, weights-only); see the "
+                            "kd_temperature, kd_alpha, kd_topk, kd_t2_scaling, kd_cache keys")
     p.add_argument("--head", default=S, choices=HEAD_CHOICES, help="classifier head")
     p.add_argument("--input-size", type=int, default=S, help="image side length")
     p.add_argument("--epochs", type=int, default=S, help="training epochs")

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from softnce.cli.compare import _seeds
 
     p.add_argument("name", metavar="NAME", help="study: smoothing, batch-size, head, temperature, "
-                   "noise, label-noise, datasets, custom")
+                   "noise, label-noise, datasets, distill, custom")
     p.add_argument("--dataset", default=None, help="data set (default digits)")
     p.add_argument("--seeds", type=_seeds, default=None,
                    help="number of seeds (0..n-1) or a comma list (default: the study's)")

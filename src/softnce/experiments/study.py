@@ -196,6 +196,9 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
           epochs=None, quick_losses=("soft-ce", "soft-infonce"), own_datasets=True),
     Study("custom", "any grid (--grid KEY=V1,V2)", lambda quick: [], PAPER, seeds=3,
           epochs=None),
+    # two-stage (teacher, then students): planned and run by experiments/distill_study.py
+    Study("distill", "soft-infonce vs classic KD (soft-ce) distillation from a larger teacher",
+          lambda quick: [], ("nll", "soft-ce", "soft-infonce"), seeds=3, epochs=10),
 ]}
 QUICK = {"seeds": 2, "epochs": 1, "max_steps": 8}
 
@@ -414,6 +417,10 @@ def plan_study(name: str, dataset: str | None = None, seeds: Sequence[int] | Non
     """Validate everything and plan every run (nothing trains); StudyError / ConfigError."""
     if name not in STUDIES:
         raise StudyError(f"unknown study {name!r}; valid studies: {', '.join(STUDIES)}")
+    if name == "distill" and not grid:
+        from softnce.experiments.distill_study import plan_distill
+
+        return plan_distill(dataset, seeds, epochs, output_dir, quick, overrides, losses)
     study = STUDIES[name]
     if grid and name != "custom":
         raise StudyError(f"--grid only applies to study custom; study {name} has its own grid")
@@ -454,6 +461,10 @@ def run_study(plan: Mapping[str, Any], jobs: int = 1, quiet: bool = False,
     figures; returns the summary dict."""
     from softnce.experiments.runner import run_all
 
+    if plan.get("kind") == "distill":
+        from softnce.experiments.distill_study import run_distill
+
+        return run_distill(plan, jobs, quiet, overwrite, command, echo)
     study, axes, runs, out = plan["study"], plan["axes"], plan["runs"], plan["out"]
     check_data(runs)
     _prepare_output(out, _identity(study.name, axes, runs), overwrite)

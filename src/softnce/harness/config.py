@@ -115,6 +115,13 @@ class TrainConfig:
     mix_prob: float = 1.0
     switch_prob: float = 0.5
     mix_mode: str = "batch"
+    # knowledge distillation (softnce.harness.distill): a finished run dir as the teacher
+    teacher: str | None = None
+    kd_temperature: float = 1.0
+    kd_alpha: float = 1.0  # weight of the teacher's targets (1 - kd_alpha: the own targets)
+    kd_topk: int | None = None  # None: dense teacher targets
+    kd_t2_scaling: bool = False  # Hinton's T^2 factor on the teacher term (soft-ce only)
+    kd_cache: Any = "auto"  # "auto" | True | False: cache the teacher's train-split logits
     # optimisation
     epochs: int = 30
     max_steps: int | None = None
@@ -337,6 +344,14 @@ def _check_ranges(c: TrainConfig) -> None:
          f"in [2, {MAX_CLASSES}] (or null)")
     need(c.input_size is None or 1 <= c.input_size <= 8192, "input_size",
          "in [1, 8192] (or null)")
+    need(finite(c.kd_temperature) and c.kd_temperature > 0, "kd_temperature",
+         "a finite number > 0")
+    need(0 <= c.kd_alpha <= 1, "kd_alpha", "in [0, 1]")
+    need(c.kd_topk is None or c.kd_topk >= 1, "kd_topk", ">= 1 (or null: dense)")
+    if isinstance(c.kd_cache, str) and c.kd_cache.lower() in ("true", "false"):
+        c.kd_cache = c.kd_cache.lower() == "true"
+    if c.kd_cache not in ("auto", True, False):
+        raise ConfigError(f"kd_cache must be auto, true or false; found {c.kd_cache!r}")
     _choice("amp", c.amp, AMP_CHOICES)
     _choice("noise", c.noise, NOISE_CHOICES)
     _choice("negatives", c.negatives, NEGATIVES_CHOICES)
@@ -410,6 +425,14 @@ def _check_combinations(c: TrainConfig) -> None:
             f"loss 'nll' is the plain torch.nn.CrossEntropyLoss, so temperature must be 1; found "
             f"{c.temperature} (use soft-ce for a tempered cross-entropy)"
         )
+    if c.teacher is not None and spec.targets == "hard":
+        raise ConfigError(
+            f"teacher needs a soft-target loss (soft-ce: classic knowledge distillation, "
+            f"soft-infonce: contrastive distillation); found loss {c.loss!r}"
+        )
+    if c.kd_t2_scaling and c.loss != "soft-ce":
+        raise ConfigError(f"kd_t2_scaling applies to soft-ce (Hinton's T^2 factor; the loss is "
+                          f"linear in its target); found loss {c.loss!r}")
     if c.negatives != "batch" and not spec.uses_negatives:
         raise ConfigError(
             f"negatives={c.negatives!r} only applies to the InfoNCE losses; loss {c.loss!r} "

@@ -203,6 +203,12 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
                                               seed=cfg.seed * 1000 + 17 + self.rank)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"loss {cfg.loss!r} on dataset {cfg.dataset!r}: {e}") from e
+        self.distiller = None
+        if cfg.teacher is not None:  # knowledge distillation (softnce.harness.distill)
+            from softnce.harness.distill import Distiller
+
+            self.distiller = Distiller(cfg, b, self.device, self.out, self.rank, self.hard)
+            b.train = self.distiller.wrap_train(b.train)  # + sample indices when cached
 
     def _load_finetune(self, path: str) -> None:
         from softnce.models.checkpoints import load_state_dict_file
@@ -346,6 +352,10 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
             self._resume()
         else:
             self._start_fresh()
+        if self.rank == 0:  # model.json: what prediction needs (softnce.harness.runs)
+            from softnce.harness.runs import write_model_info
+
+            write_model_info(self, fresh=mode != "resume")
         if self.complete:
             self._log(f"run in {self.out} is already complete; nothing to do")
             return self._summary()
@@ -459,16 +469,20 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
             g["lr"] = lr_at(self.global_step, cfg, self.steps_per_epoch) * g.get("lr_scale", 1.0)
         micro = []
         for _ in range(group):
-            batch = move_to(next(it), self.device)
+            batch, rows = move_to(next(it), self.device), None
+            if self.distiller is not None:
+                batch, rows = self.distiller.split_batch(batch)
             x, labels, soft, mask = self.bundle.unpack(batch)
             if mask is not None:
                 labels = labels[mask]
                 soft = soft[mask] if soft is not None else None
             if group == 1:  # the common case: build the targets right before the forward
-                micro.append((x, labels, soft, mask))
+                micro.append((x, labels, soft, mask, rows))
                 break
             x, targets = self.builder(x, labels, soft)
-            micro.append((x, labels, targets, mask))
+            if self.distiller is not None:  # teacher on the (mixed) inputs the student sees
+                targets = self.distiller.targets(x, targets, rows, mask)
+            micro.append((x, labels, targets, mask, rows))
         # Gradient accumulation with an InfoNCE loss: every micro-batch scores against the
         # targets of the whole optimiser step (targets carry no gradient, so they are known
         # before the first forward), so the objective does not depend on how the step is split.
@@ -479,11 +493,15 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
             step_ctx = self.criterion.step_candidates(step_targets)
             sizes = [_batch_len(m[1]) for m in micro]
             weights = [s / sum(sizes) for s in sizes]
+        if self.distiller is not None and self.distiller.loss_scale != 1.0:
+            weights = [w * self.distiller.loss_scale for w in weights]  # kd_t2_scaling
         samples = 0
         with step_ctx:
-            for i, (x, labels, targets, mask) in enumerate(micro):
+            for i, (x, labels, targets, mask, rows) in enumerate(micro):
                 if group == 1:
                     x, targets = self.builder(x, labels, targets)
+                    if self.distiller is not None:
+                        targets = self.distiller.targets(x, targets, rows, mask)
                 samples += self._micro_step(x, labels, targets, mask, i, group, weights[i])
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
@@ -530,7 +548,7 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
                     f"{self.global_step + 1} (epoch {self.epoch + 1}, micro-batch {i + 1}/"
                     f"{group}); the last good checkpoint in {self.out} was kept"
                 ) from None
-            scaled = loss * weight if group > 1 else loss
+            scaled = loss * weight if weight != 1.0 else loss
             (self.scaler.scale(scaled) if self.scaler.is_enabled() else scaled).backward()
         self.loss_sum += value
         self.loss_count += 1
@@ -567,6 +585,9 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
             "output_dir": str(self.out),
             "splits": dict(self.bundle.splits),
         }
+        from softnce.harness.runs import BEST_FILE, BEST_METRIC
+
+        summary.update(best_metric=BEST_METRIC, best_checkpoint=BEST_FILE)
         if self.complete:
             test = self._test_evaluation()
             if test is not None:
