@@ -19,7 +19,8 @@ from typing import Any
 __all__ = ["build_parser", "main", "add_train_arguments", "config_from_args"]
 
 #: Built-in commands, in the order ``softnce --help`` lists them.
-COMMANDS = ("train", "compare", "study", "toy", "celltypegraph")
+COMMANDS = ("train", "evaluate", "calibrate", "predict", "compare", "study", "toy",
+            "celltypegraph")
 
 from softnce.cli.common import add_train_arguments, config_from_args  # noqa: E402,F401
 

@@ -403,3 +403,55 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
                      checkpoint=checkpoint, weights_file=wfile, device=dev,
                      run_temperature=float(info.get("temperature", cfg.temperature)),
                      calibration=cal, _mean=mean, _std=std)
+
+
+# ------------------------------------------------------------------------------- data
+SPLITS = {"calibration": "val", "val": "val", "test": "test"}
+
+
+@torch.no_grad()
+def split_logits(run: LoadedRun, bundle: Any, split: str, batch_size: int = 512
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` of the run's model on ``split`` (``calibration``/``val`` or
+    ``test``) of ``bundle`` (from :meth:`LoadedRun.build_data`), in the split's order."""
+    from softnce.harness.state import move_to
+
+    if split not in SPLITS:
+        raise RunError(f"split must be one of {', '.join(SPLITS)}; found {split!r}")
+    data = bundle.val if SPLITS[split] == "val" else bundle.test
+    if data is None or len(data) == 0:
+        raise RunError(f"data set {bundle.name!r} has no {split} split")
+    if getattr(run.model, "eval_stats", None) is not None:
+        raise RunError(f"model {run.info['model']!r} scores through eval_stats (no logits); "
+                       "evaluate it with the training harness")
+    sampler = torch.utils.data.SequentialSampler(data)
+    if bundle.loader_factory is not None:
+        loader = bundle.loader_factory(data, batch_size=batch_size, shuffle=False,
+                                       sampler=sampler, num_workers=0, drop_last=False,
+                                       generator=torch.Generator().manual_seed(0))
+    else:
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler,
+                                             collate_fn=bundle.collate_fn, num_workers=0)
+    all_logits, all_labels = [], []
+    for batch in loader:
+        batch = move_to(batch, run.device)
+        x, labels, _soft, mask = bundle.unpack(batch)
+        logits = run.model(x).float()
+        if mask is not None:
+            logits, labels = logits[mask], labels[mask]
+        all_logits.append(logits.cpu())
+        all_labels.append(labels.cpu())
+    return torch.cat(all_logits), torch.cat(all_labels).long()
+
+
+def image_transform(run: LoadedRun) -> Any:
+    """The run's evaluation transform (PIL image -> normalised tensor) for image runs."""
+    pre = run.info.get("preprocessing") or {}
+    if run.kind != "image" or pre.get("type") != "image":
+        raise RunError(f"run {run.run_dir} is a {run.kind} run, not an image run")
+    from softnce.data.images import build_image_transforms
+
+    _, eval_tf = build_image_transforms(int(pre["input_size"] or 224), pre["mean"], pre["std"],
+                                        interpolation=str(pre.get("interpolation") or "bicubic"),
+                                        eval_crop_pct=pre.get("crop_pct"))
+    return eval_tf
