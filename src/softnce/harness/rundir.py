@@ -17,27 +17,13 @@ import torch
 import torch.distributed as dist
 
 from softnce.harness.config import ConfigError
-from softnce.harness.evaluation import SAVE_LOGITS_LIMIT, EvaluationMixin  # noqa: F401
-from softnce.harness.losses import LOSSES, LossSpec, build_loss, noise_probs, register_loss  # noqa: F401
-from softnce.harness.samplers import (  # noqa: F401
-    ResumableDistributedSampler,
-    ShardSampler,
-    TensorBatchLoader,
-)
-from softnce.harness.state import (  # noqa: F401
-    RunLock,
-    RunLockedError,
+from softnce.harness.state import (
     _atomic_write_text,
-    _batch_len,
     _config_diff,
     atomic_save,
     git_commit,
-    lr_at,
-    move_to,
     package_versions,
-    remove_own_tmp_files,
     rng_state,
-    seed_everything,
     set_rng_state,
     verify_checksum,
 )
