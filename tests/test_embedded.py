@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from _helpers import free_port as _free_port
+from _helpers import run_workers
 from softnce import InfoNCE, SoftTargetCrossEntropy, SoftTargetInfoNCE, SoftTargets
 from softnce import soft_target_infonce as dense_infonce
 from softnce.embedded import (
@@ -478,9 +479,8 @@ def _ddp_worker(rank: int, world: int, port: int) -> None:
 
 def test_two_process_gloo_matches_single_process_full_batch():
     import torch.distributed as dist
-    import torch.multiprocessing as mp
 
     if not dist.is_available():
         pytest.skip("torch.distributed not available")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_ddp_worker, args=(2, _free_port()), nprocs=2, join=True)
+    run_workers(_ddp_worker, (2, _free_port()), nprocs=2, timeout=300)
