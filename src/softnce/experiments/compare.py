@@ -231,11 +231,8 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
     import torch
 
     from softnce.experiments.report import (
-        INTERVAL_NOTE,
         METRIC_LABELS,
         aggregate,
-        markdown_table,
-        paired_markdown,
         paired_rows,
         plot_training_curves,
         print_compare_table,
@@ -328,8 +325,26 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
                        "n_seeds": s["n_seeds"], "runs": s["runs"]} for n, s in stats.items()},
         "paired": paired,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from softnce.harness.state import _atomic_write_text
 
+    _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    _write_markdown(out, dataset, runs, stats, table_metrics, paired, reference, split, on_test,
+                    seeds, wall, command, truth_note)
+    return summary
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _write_markdown(out: Path, dataset: str, runs: list, stats: dict, table_metrics: list,
+                    paired: list, reference: str | None, split: str, on_test: bool,
+                    seeds: list, wall: float, command: str | None, truth_note: str) -> None:
+    """``report.md``: the table, the paired differences, the settings and every run."""
+    from softnce.experiments.report import INTERVAL_NOTE, markdown_table, paired_markdown
+    from softnce.harness.state import _atomic_write_text
+
+    cfg0 = runs[0][2]
     from softnce.harness.losses import LOSSES
 
     settings = {}
@@ -372,8 +387,4 @@ def _write_report(out: Path, dataset: str, runs: list, results: dict, wall: floa
             f = r["test"] if on_test else r["final"]
             lines.append(f"| {n} | {r['seed']} | {f['top1']:.4f} | {f['ece']:.4f} | "
                          f"{f['nll']:.4f} | {f['brier']:.4f} | `{r['output_dir']}` |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return summary
-
-
-# ------------------------------------------------------------------------------ CLI
+    _atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
