@@ -449,7 +449,7 @@ def image_transform(run: LoadedRun) -> Any:
     pre = run.info.get("preprocessing") or {}
     if run.kind != "image" or pre.get("type") != "image":
         raise RunError(f"run {run.run_dir} is a {run.kind} run, not an image run")
-    from softnce.data.images import build_image_transforms
+    from softnce.data.image_factories import build_image_transforms
 
     _, eval_tf = build_image_transforms(int(pre["input_size"] or 224), pre["mean"], pre["std"],
                                         interpolation=str(pre.get("interpolation") or "bicubic"),

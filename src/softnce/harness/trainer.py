@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import Sampler
 
 from softnce.data import DATASETS, DataError
@@ -76,6 +75,7 @@ from softnce.harness.state import (  # noqa: F401
     set_rng_state,
     verify_checksum,
 )
+from softnce.harness.step import _cat_targets, _ForwardLoss
 
 __all__ = [
     "LOSSES",
@@ -98,28 +98,6 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (the last good checkpoint is kept)."""
 
 
-class _ForwardLoss(nn.Module):
-    """``model_input, targets -> loss`` as one module, so DDP sees the whole computation (the
-    model's ``compute_loss`` hook included). The criterion is not a submodule (its buffers, e.g.
-    the queue, must not be broadcast by DDP)."""
-
-    def __init__(self, model: nn.Module, criterion: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.__dict__["criterion"] = criterion
-
-    def forward(self, x: Any, targets: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
-        hook = getattr(self.model, "compute_loss", None)
-        if hook is not None:
-            kw = {"mask": mask} if mask is not None else {}
-            return hook(x, targets, self.criterion, **kw)
-        logits = self.model(x)
-        if mask is not None:
-            logits = logits[mask]
-        return self.criterion(logits, targets)
-
-
-# ------------------------------------------------------------------------------ trainer
 class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
     """One run; :meth:`run` returns the summary dict (also written to ``summary.json``)."""
 
@@ -599,15 +577,6 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
         if self.rank == 0:
             _atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
-
-def _cat_targets(parts: list[Any]) -> Any:
-    """The targets of several micro-batches as one candidate set (labels, dense or sparse)."""
-    from softnce.targets import SoftTargets
-
-    if isinstance(parts[0], SoftTargets):
-        return SoftTargets.cat(parts)
-    return torch.cat(parts)
-
 
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one training job; returns the summary (also in ``<output_dir>/summary.json``)."""
