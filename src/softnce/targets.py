@@ -172,7 +172,7 @@ class SoftTargets:
         eps = _check_fraction("smoothing", smoothing)
         n = la.shape[0]
         if isinstance(lam, torch.Tensor):
-            lam_t = lam.to(device=la.device, dtype=dtype).reshape(-1)
+            lam_t = lam.to(device=la.device, dtype=torch.float64).reshape(-1)
             if lam_t.numel() == 1:
                 lam_t = lam_t.expand(n)
             if lam_t.shape[0] != n:
@@ -183,8 +183,9 @@ class SoftTargets:
                 raise ValueError("lam must lie in [0, 1]; found values outside")
         else:
             lam_f = _check_fraction("lam", lam)
-            lam_t = torch.full((n,), lam_f, dtype=dtype, device=la.device)
-        weights = torch.stack([lam_t * (1.0 - eps), (1.0 - lam_t) * (1.0 - eps)], dim=1)
+            lam_t = torch.full((n,), lam_f, dtype=torch.float64, device=la.device)
+        # the weights in float64, rounded once: 1 - lam in float32 loses all digits as lam -> 1
+        weights = torch.stack([lam_t * (1.0 - eps), (1.0 - lam_t) * (1.0 - eps)], dim=1).to(dtype)
         uniform = torch.full((n,), eps, dtype=dtype, device=la.device)
         out = cls(torch.stack([la, lb], dim=1), weights, uniform, num_classes,
                   validate_args=False)

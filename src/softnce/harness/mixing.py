@@ -6,7 +6,9 @@ for the configured loss:
 * hard-label losses (``nll``, ``infonce``): ``targets = labels`` and inputs unchanged;
 * image data (``bundle.kind == "image"``) with ``mixup > 0`` or ``cutmix > 0``: timm's
   ``Mixup`` (MixUp/CutMix with ``mix_prob``, ``switch_prob``, ``mix_mode`` and label smoothing;
-  dense ``(N, C)`` targets; timm draws from numpy's global RNG, which the engine checkpoints);
+  through :class:`~softnce.data.mixup.SparseMixup`, whose targets are sparse
+  :class:`~softnce.targets.SoftTargets` with k = 2 equal to timm's dense ``(N, C)`` targets;
+  timm draws from numpy's global RNG, which the engine checkpoints);
 * other non-graph data with ``mixup > 0``: MixUp on the input tensors,
   ``x' = lam x + (1 - lam) x[perm]`` and
   ``y' = lam y_s(label) + (1 - lam) y_s(label[perm])`` with ``y_s = (1 - eps) onehot + eps / C``,
@@ -75,10 +77,10 @@ class BatchTargetBuilder:
                                  f"mixup={cfg.mixup}, cutmix={cfg.cutmix}")
             self.mode = "smooth"
         elif kind == "image" and mixing:
-            from timm.data import Mixup
+            from softnce.data.mixup import SparseMixup
 
             self.mode = "timm"
-            self.timm_mixup = Mixup(
+            self.timm_mixup = SparseMixup(
                 mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                 switch_prob=cfg.switch_prob, mode=cfg.mix_mode, label_smoothing=cfg.smoothing,
                 num_classes=self.num_classes,
