@@ -17,7 +17,8 @@ EXTRAS = {
              "mnist1d, scipy, safetensors",
     "images": "image data sets and models: timm, torchvision, pillow",
     "graph": "CellTypeGraph: torch-geometric, h5py",
-    "all": "everything above",
+    "loops": "other people's training loops: torchmetrics, lightning, transformers, accelerate",
+    "all": "train, images and graph",
 }
 
 #: import name -> distribution name (where they differ)
