@@ -291,3 +291,32 @@ def test_timm_task_checkpoint_keeps_the_loss_state(tmp_path):
     assert torch.equal(task2.criterion.queue_indices, task.criterion.queue_indices)
     resumed = [step(task2, opt2, i) for i in (3, 4)]
     assert resumed == after
+
+
+def test_hf_plain_compute_loss_func_is_wrong_under_accumulation(tmp_path):
+    """The failure the recipe fixes: a mean-reduced compute_loss_func under accumulation 4 gives
+    a loss about 4x too large (the Trainer does not divide it) over 16-row candidate sets."""
+    pytest.importorskip("transformers")
+    from transformers import Trainer, TrainingArguments
+
+    x, hard = _data(64)
+    data = [{"x": x[i], "labels": hard[i]} for i in range(64)]
+    loss_fn = SoftTargetInfoNCE(class_prior(hard, C), temperature=0.7)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "plain"), per_device_train_batch_size=16,
+        gradient_accumulation_steps=4, max_steps=1, learning_rate=0.0, optim="sgd",
+        report_to="none", save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
+        remove_unused_columns=False, logging_strategy="no")
+
+    class InOrder(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    trainer = InOrder(model=_DictModel(), args=args, train_dataset=data,
+                      compute_loss_func=lambda out, labels, num_items_in_batch=None:
+                      loss_fn(out["logits"], labels))
+    plain = trainer.train().training_loss
+    z = _DictModel()(x)["logits"]
+    micro = [float(loss_fn(z[i:i + 16], hard[i:i + 16])) for i in range(0, 64, 16)]
+    assert plain == pytest.approx(sum(micro), rel=1e-5)       # 4x the mean of the micro-batches
+    assert abs(sum(micro) / 4 - float(loss_fn(z, hard))) > 0.5   # 16 candidates, not 64
