@@ -280,3 +280,92 @@ def test_bad_inputs_exit_2(run_copy, tmp_path, capsys):
                                                       "dataset_options": {}}))
     fails(["evaluate", str(run_copy), "--output-dir", str(tmp_path / "ev")], "3 classes")
     fails(["calibrate", str(run_copy)], "trained on 10 classes")
+
+
+# ------------------------------------------------------------------- image and graph runs
+def _image_tree(root: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 4)):
+        for col, name in enumerate(("red", "green", "blue")):
+            for i in range(n):
+                arr = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+                arr[..., col] += 150
+                p = root / split / name / f"{name}_{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(p)
+
+
+def test_image_run_predicts_a_folder_with_class_names(tmp_path, capsys):
+    """An ImageFolder run trained with timm MixUp/CutMix (sparse targets): load_run knows the
+    class names and the eval transform; predict on a folder of images matches load_run."""
+    pytest.importorskip("timm")
+    import csv
+
+    from PIL import Image
+
+    from softnce.harness.runs import image_transform
+
+    data = tmp_path / "data"
+    _image_tree(data)
+    out = tmp_path / "run"
+    cfg = load_config(None, None, dataset="imagefolder", data_path=str(data), model="cnn",
+                      input_size=16, loss="soft-infonce", mixup=0.8, cutmix=1.0, smoothing=0.1,
+                      epochs=2, batch_size=8, output_dir=str(out), quiet=True, tensorboard=False,
+                      dataset_options={"calibration_fraction": 0.25, "split_seed": 0})
+    train(cfg, log=lambda m: None)
+    run = load_run(out)
+    assert run.kind == "image" and run.class_names == ["blue", "green", "red"]
+    assert run_cli(["calibrate", str(out), "--data-path", str(data)], capsys)[0] == 0
+    run = load_run(out)
+    code, msg, err = run_cli(["predict", str(out), str(data / "val"), "--output",
+                              str(tmp_path / "p.csv")], capsys)
+    assert code == 0, err
+    assert "(calibrated)" in msg
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    files = sorted((data / "val").rglob("*.png"))
+    assert [r["id"] for r in rows] == [str(p.relative_to(data / "val")) for p in files]
+    tf = image_transform(run)
+    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in files])
+    want = run.predict_proba(x, preprocessed=True)
+    for r, row in enumerate(rows):
+        assert row["top1_name"] == run.class_names[int(want[r].argmax())]
+        assert float(row["top1_prob"]) == pytest.approx(float(want[r].max()), abs=1e-5)
+    code, _, err = run_cli(["predict", str(out), str(tmp_path / "p.csv"), "--output",
+                            str(tmp_path / "q.csv")], capsys)
+    assert code == 2 and "tabular run" in err
+
+
+def test_graph_run_evaluates_and_predicts_its_validation_split(tmp_path, capsys):
+    """CellTypeGraph holds a fold's held-out graphs as its validation split (no test split)."""
+    pytest.importorskip("torch_geometric")
+    import csv
+
+    from softnce.data.celltypegraph import make_synthetic
+
+    data = tmp_path / "ctg"
+    make_synthetic(data, num_stacks=10, seed=1, min_cells=12, max_cells=20)
+    out = tmp_path / "run"
+    cfg = load_config(None, None, dataset="celltypegraph", data_path=str(data), model="gcn",
+                      model_options={"hidden": 16}, loss="soft-infonce", smoothing=0.1,
+                      epochs=2, output_dir=str(out), quiet=True, tensorboard=False)
+    train(cfg, log=lambda m: None)
+    run = load_run(out)
+    assert run.kind == "graph"
+    code, _, err = run_cli(["evaluate", str(out), "--split", "test"], capsys)
+    assert code == 2 and "no test split" in err
+    assert not (out / "evaluation" / "best-test").exists()   # nothing written on error
+    code, _, err = run_cli(["evaluate", str(out), "--split", "val"], capsys)
+    assert code == 0, err
+    res = json.loads((out / "evaluation" / "best-calibration" / "evaluation.json").read_text())
+    code, _, err = run_cli(["predict", str(out), "split:val", "--output",
+                            str(tmp_path / "g.csv")], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "g.csv")))
+    assert len(rows) == res["n"] > 0
+    top1 = np.mean([r["top1"] == r["label"] for r in rows])
+    assert top1 == pytest.approx(res["raw"]["top1"], abs=1e-9)
+    code, _, err = run_cli(["predict", str(out), str(tmp_path), "--output",
+                            str(tmp_path / "h.csv")], capsys)
+    assert code == 2 and "graph run" in err

@@ -61,6 +61,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     loaded = load(args, parser)
     try:
         bundle = loaded.build_data(args.data_path)
+        data = bundle.val if split == "calibration" else bundle.test
+        if data is None or len(data) == 0:  # before anything is written
+            raise RunError(f"data set {bundle.name!r} has no {split} split")
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:

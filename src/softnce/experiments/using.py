@@ -151,6 +151,9 @@ def load_inputs(run: LoadedRun, spec: str, data_path: str | None = None
                        "split:calibration)")
     if path.is_dir():
         return _image_folder(run, path)
+    if path.suffix.lower() in (".npz", ".csv") and run.kind != "tabular":
+        raise RunError(f"INPUT {spec}: feature files need a tabular run; this is a {run.kind} "
+                       "run")
     if path.suffix.lower() == ".npz":
         try:
             with np.load(path, allow_pickle=False) as f:
@@ -166,9 +169,6 @@ def load_inputs(run: LoadedRun, spec: str, data_path: str | None = None
     else:
         raise RunError(f"INPUT {spec}: expected a .npz / .csv file, a folder of images, or "
                        "split:test / split:calibration")
-    if run.kind != "tabular":
-        raise RunError(f"INPUT {spec}: feature files need a tabular run; this is a {run.kind} "
-                       "run")
     if x.ndim != 2:
         raise RunError(f"{path}: expected a 2-d array of rows x features; found shape "
                        f"{tuple(x.shape)}")
