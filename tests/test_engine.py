@@ -157,6 +157,48 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert json.loads((killed / "summary.json").read_text())["final"] == before
 
 
+@pytest.mark.parametrize("interval,expected", [(0.0, [1, 2, 3, 4, 5]), (25.0, [3, 5]),
+                                               (1e6, [5])])
+def test_epoch_end_checkpoints_follow_ckpt_every_seconds(tmp_path, monkeypatch, interval,
+                                                         expected):
+    """10 fake seconds per read of the checkpoint clock: with a 25 s interval the epoch ends
+    write at epochs 3 (30 s after the start) and 5 (the final epoch always writes)."""
+    import softnce.harness.rundir as rundir
+
+    clock = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(rundir, "_now", lambda: float(next(clock)))
+    saved: list[int] = []
+    orig = Trainer._save_checkpoint
+
+    def spy(self, gen):
+        saved.append(self.epoch)
+        return orig(self, gen)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", spy)
+    train(cfg_for(tmp_path, epochs=5, ckpt_every_seconds=interval), log=lambda m: None)
+    assert saved == expected
+    with pytest.raises(ConfigError, match="ckpt_every_seconds"):
+        cfg_for(tmp_path, ckpt_every_seconds=-1.0)
+
+
+def test_first_step_checked_then_loss_checks_relaxed(tmp_path, monkeypatch):
+    """The harness builds its loss with validate_args=True, checks the first optimiser step
+    fully, then turns the loss's value checks off (its own non-finite check stays)."""
+    from softnce import SoftTargetInfoNCE
+
+    seen: list[bool] = []
+    orig = SoftTargetInfoNCE.forward
+
+    def spy(self, *a, **kw):
+        if self.training:
+            seen.append(self.validate_args)
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(SoftTargetInfoNCE, "forward", spy)
+    train(cfg_for(tmp_path, loss="soft-infonce", smoothing=0.1, max_steps=4), log=lambda m: None)
+    assert seen == [True, False, False, False]
+
+
 # ------------------------------------------------------------------ plug-in extension
 class _NanAfter(nn.Module):
     def __init__(self, after: int) -> None:

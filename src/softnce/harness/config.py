@@ -149,6 +149,9 @@ class TrainConfig:
     quiet: bool = False
     eval_every: int = 1
     ckpt_every_steps: int = 0
+    # epoch-end checkpoints at most every this many seconds (0: every epoch); the final epoch,
+    # an interrupting signal and ckpt_every_steps always write one
+    ckpt_every_seconds: float = 30.0
     save_val_logits: Any = "auto"  # "auto" | True | False
     tensorboard: bool = True
 
@@ -338,6 +341,8 @@ def _check_ranges(c: TrainConfig) -> None:
                           f"{c.cpu_threads!r}")
     need(1 <= c.eval_every <= MAX_COUNT, "eval_every", f"in [1, {MAX_COUNT}]")
     need(0 <= c.ckpt_every_steps <= MAX_STEPS, "ckpt_every_steps", ">= 0 (0: epoch ends only)")
+    need(finite(c.ckpt_every_seconds) and 0 <= c.ckpt_every_seconds <= 1e7, "ckpt_every_seconds",
+         ">= 0 seconds (0: every epoch end)")
     need(c.num_classes is None or 2 <= c.num_classes <= MAX_CLASSES, "num_classes",
          f"in [2, {MAX_CLASSES}] (or null)")
     need(c.input_size is None or 1 <= c.input_size <= 8192, "input_size",

@@ -110,6 +110,11 @@ def read_metrics(path: Any, repair: bool = False) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------- samplers
 
 
+def _now() -> float:
+    """The checkpoint policy's clock (a function of its own, so tests can drive it)."""
+    return time.monotonic()
+
+
 class RunDirMixin:
     """Output directory, checkpoint and resume methods of the trainer."""
 
@@ -239,7 +244,22 @@ class RunDirMixin:
         return {"rng": rng_state(), "builder": self.builder.state_dict(),
                 "loader_generator": epoch_start_gen}
 
+    def _checkpoint_due(self) -> bool:
+        """An epoch-end checkpoint is due when ``ckpt_every_seconds`` have passed since the last
+        one (rank 0's clock, broadcast: every rank takes the same decision)."""
+        interval = float(self.cfg.ckpt_every_seconds)
+        due = interval <= 0 or _now() - self._last_ckpt_time >= interval
+        if self.world > 1:
+            flag = torch.tensor([int(due)], device=self.device)
+            dist.broadcast(flag, src=0)
+            due = bool(flag.item())
+        return due
+
+    def _reset_checkpoint_clock(self) -> None:
+        self._last_ckpt_time = _now()
+
     def _save_checkpoint(self, epoch_start_gen: torch.Tensor) -> None:
+        self._last_ckpt_time = _now()
         local = self._local_state(epoch_start_gen)
         if self.world > 1:
             per_rank: list[Any] = [None] * self.world

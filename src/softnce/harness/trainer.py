@@ -369,6 +369,8 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
         writer = self._tensorboard()
         progress = self._progress()
         t_run = time.perf_counter()
+        self._reset_checkpoint_clock()
+        self._checks_relaxed = False  # the first step of every (resumed) run is fully checked
         stop = False
         with progress:
             task = progress.add_task("train", total=cfg.epochs * self.steps_per_epoch,
@@ -425,7 +427,8 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
                 if last:
                     self.complete = True
                 gen_state = self.loader_gen.get_state() if epoch_done else epoch_start_gen
-                self._save_checkpoint(gen_state)
+                if last or self._signal is not None or not epoch_done or self._checkpoint_due():
+                    self._save_checkpoint(gen_state)
                 if kill_after and self.global_step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if self._signal is not None and not self.complete:
@@ -492,7 +495,20 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
+        if not self._checks_relaxed:
+            self._relax_loss_checks()
         return samples
+
+    def _relax_loss_checks(self) -> None:
+        """After the first optimiser step, fully checked, build no more value checks into the
+        loss (``validate_args=False``: no host synchronisation, no extra passes over the
+        logits). The targets come from the harness's own constructors, and every micro-step
+        already reads its loss back (``float(loss)``) and stops on a non-finite value
+        (:class:`NonFiniteLossError`), so what the checks would catch later is still caught."""
+        for m in self.criterion.modules():
+            if isinstance(getattr(m, "validate_args", None), bool):
+                m.validate_args = False
+        self._checks_relaxed = True
 
     def _step_candidates_apply(self) -> bool:
         """Step candidates for an in-batch InfoNCE criterion on unmasked rows of a plain model.
