@@ -115,3 +115,32 @@ def test_one_tolerance_everywhere():
                  lambda: SoftTargetInfoNCE(noise_probs=torch.tensor([0.5, 0.5011]))):
         with pytest.raises(ValueError, match=r"sum to 1.*tolerance 0.001"):
             call()
+
+
+def test_noise_probs_checked_once_per_version():
+    """A noise vector that passed is not scanned again until it changes in place (the version
+    counter moves), and then a bad value still raises."""
+    from unittest import mock
+
+    import softnce._validation as v
+    from softnce import soft_target_infonce
+
+    q = torch.full((4,), 0.25)
+    z, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    soft_target_infonce(z, y, q)
+    with mock.patch.object(v, "simplex_atol", side_effect=AssertionError("scanned again")):
+        soft_target_infonce(z, y, q)          # unchanged: no second scan
+    q.mul_(2)
+    with pytest.raises(ValueError, match="noise_probs must sum to 1"):
+        soft_target_infonce(z, y, q)
+    q.fill_(0.25)
+    soft_target_infonce(z, y, q)
+    q[1] = -0.5
+    with pytest.raises(ValueError, match="strictly positive"):
+        soft_target_infonce(z, y, q)
+    base = torch.full((2, 4), 0.25)
+    view = base[0]
+    soft_target_infonce(z, y, view)
+    base.mul_(3)                              # a change through the base moves the view's counter
+    with pytest.raises(ValueError, match="sum to 1"):
+        soft_target_infonce(z, y, view)
