@@ -71,6 +71,9 @@ SMOOTHING = 0.1
 FULL_GRID = [(n, c) for n in (256, 1024) for c in (100, 1000, 10000, 100000)]
 EXTRA = [(512, 1000), (1024, 20000)]
 QUICK_GRID = [(256, 1000), (512, 1000), (1024, 1000), (256, 10000), (1024, 20000)]
+# at most this many interleaved rounds per ratio (fewer once the time budget is spent): at ~1 ms
+# per call the per-round ratios scatter by +-15% on a 2-core machine, their median far less
+PAIRED_ROUNDS = 61
 
 
 @dataclass
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             results[(n, c, name)] = (statistics.median(times), peak)
             gc.collect()
         paired = {pair: paired_ratio(METHODS[pair[0]], METHODS[pair[1]], z, data, device,
-                                     2 * repeats + 1, 2 * args.min_repeats + 1, budget)[0]
+                                     PAIRED_ROUNDS, 2 * args.min_repeats + 1, budget)[0]
                   for pair in ratio_pairs(list(values))}
         for pair, r in paired.items():
             results[(n, c, f"{pair[0]}/{pair[1]}")] = (r, None)

@@ -102,14 +102,38 @@ def _check_result(logits: torch.Tensor, loss: torch.Tensor, scorer: object = Non
     (:func:`diagnose_logits`, today's message). Finite logits whose row sum overflows are fine
     when the loss is finite (a zero uniform mass never multiplies it); a non-finite loss from
     finite logits is an overflow of the scores and raises naming it."""
-    sums = [row_sums] if row_sums is not None else []
-    if scorer is not None and getattr(scorer, "row_sums", None) is not None:
-        sums.append(scorer.row_sums)
-    ok = torch.isfinite(loss).all()
-    for r in sums:
-        ok = ok & torch.isfinite(r).all()
-    if bool(ok):
+    if _all_finite(loss, None, scorer, row_sums):
         return
+    _diagnose_result(logits, loss, temperature)
+
+
+def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object,
+                row_sums: torch.Tensor | None) -> bool:
+    """One scalar, one synchronisation: the (already computed) reduced loss plus the sums of
+    the row sums is finite iff every term is, except when a sum of finite terms overflows --
+    then the slow path finds nothing wrong and returns."""
+    total = reduced if reduced is not None and reduced.dim() == 0 else loss.sum()
+    for r in (row_sums, getattr(scorer, "row_sums", None)):
+        if r is not None:
+            total = total + r.sum()
+    return bool((total - total) == 0)  # 0 when finite, NaN for inf or NaN: two tiny ops
+
+
+def _checked_reduce(logits: torch.Tensor, loss: torch.Tensor, reduction: str,
+                    validate_args: bool, scorer: object = None,
+                    row_sums: torch.Tensor | None = None,
+                    temperature: float | None = None) -> torch.Tensor:
+    """:func:`_reduce`, then (with ``validate_args``) :func:`_check_result` on the reduced
+    value, which the loss computes anyway."""
+    out = _reduce(loss, reduction)
+    if validate_args and not _all_finite(loss, out, scorer, row_sums):
+        _diagnose_result(logits, loss, temperature)
+    return out
+
+
+def _diagnose_result(logits: torch.Tensor, loss: torch.Tensor,
+                     temperature: float | None) -> None:
+    """The slow path after a failed finiteness flag: scan the logits for the message."""
     diagnose_logits(logits)
     if bool(torch.isfinite(loss).all()):
         return

@@ -15,7 +15,7 @@ from softnce._scores import (
     LogitScorer,
     Targets,
     _check_call,
-    _check_result,
+    _checked_reduce,
     _compute_dtype,
     _log_noise,
     _no_autocast,
@@ -83,9 +83,7 @@ def soft_target_infonce(
         scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / tau)
         log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, validate_args)
         loss = batch_infonce_rows(scorer, tgt, log_q)
-    if validate_args:
-        _check_result(logits, loss, scorer, temperature=tau)
-    return _reduce(loss, reduction)
+    return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau)
 
 
 def separated_infonce(
@@ -135,9 +133,7 @@ def separated_infonce(
         scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / tau)
         log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, validate_args)
         loss = separated_infonce_rows(scorer, tgt, neg, log_q, positive_bias, negative_bias)
-    if validate_args:
-        _check_result(logits, loss, scorer, temperature=tau)
-    return _reduce(loss, reduction)
+    return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau)
 
 
 # ------------------------------------------------------------------------------ modules
@@ -258,9 +254,8 @@ class SoftTargetInfoNCE(nn.Module):
         with _no_autocast(logits.device):
             scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / self.temperature)
             loss = self._loss_rows(scorer, tgt)
-        if self.validate_args:
-            _check_result(logits, loss, scorer, temperature=self.temperature)
-        return _reduce(loss, self.reduction)
+        return _checked_reduce(logits, loss, self.reduction, self.validate_args, scorer,
+                               temperature=self.temperature)
 
     def forward_with_scorer(self, scorer: LogitScorer, targets: Targets) -> torch.Tensor:
         """The loss for prepared targets, with scores ``a_i . y_j`` supplied by ``scorer``.

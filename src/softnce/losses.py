@@ -81,11 +81,10 @@ from softnce._scores import (
     LogitScorer,
     Targets,
     _check_call,
-    _check_result,
+    _checked_reduce,
     _compute_dtype,
     _needs_autograd,
     _no_autocast,
-    _reduce,
     _row_scores,
     _sparse_args,
     _SparseScores,
@@ -144,9 +143,8 @@ def soft_target_cross_entropy(
                                                         *_sparse_args(tgt, logp.dtype, -1.0))
         else:
             loss = -_row_scores(logp, tgt)
-    if validate_args:
-        _check_result(logits, loss, row_sums=row_sums, temperature=tau)
-    return _reduce(loss, reduction)
+    return _checked_reduce(logits, loss, reduction, validate_args, row_sums=row_sums,
+                           temperature=tau)
 
 
 
