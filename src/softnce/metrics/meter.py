@@ -44,6 +44,22 @@ from softnce.metrics.reliability import ReliabilityCurve
 # --------------------------------------------------------------------------------------------
 
 
+def _gather_samples(confs: Tensor, accs: Tensor) -> tuple[Tensor, Tensor]:
+    """All ranks' per-sample confidences and accuracies (variable lengths; collective)."""
+    local = torch.stack([confs, accs])  # (2, n_local)
+    world = dist.get_world_size()
+    size = torch.tensor([local.shape[1]], dtype=torch.int64, device=local.device)
+    sizes_all = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes_all, size)
+    lens = [int(s) for s in sizes_all]
+    padded = local.new_zeros(2, max(lens))
+    padded[:, : local.shape[1]] = local
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    allv = torch.cat([g[:, :ln] for g, ln in zip(gathered, lens)], dim=1)
+    return allv[0], allv[1]
+
+
 def _dist_world() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
@@ -458,19 +474,7 @@ class CalibrationMeter:
         if with_samples and self.keep_confidences:
             assert confs is not None and accs is not None
             dtype = torch.float64 if f64 else torch.float32
-            local = torch.stack([confs.to(dev, dtype), accs.to(dev, dtype)])  # (2, n_local)
-            world = dist.get_world_size()
-            size = torch.tensor([local.shape[1]], dtype=torch.int64, device=dev)
-            sizes_all = [torch.zeros_like(size) for _ in range(world)]
-            dist.all_gather(sizes_all, size)
-            lens = [int(s) for s in sizes_all]
-            width = max(lens)
-            padded = torch.zeros(2, width, dtype=dtype, device=dev)
-            padded[:, : local.shape[1]] = local
-            gathered = [torch.empty_like(padded) for _ in range(world)]
-            dist.all_gather(gathered, padded)
-            allv = torch.cat([g[:, :ln] for g, ln in zip(gathered, lens)], dim=1)
-            out["confs"], out["accs"] = allv[0], allv[1]
+            out["confs"], out["accs"] = _gather_samples(confs.to(dev, dtype), accs.to(dev, dtype))
         return out
 
     # ------------------------------------------------------------------ results
