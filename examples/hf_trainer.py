@@ -12,8 +12,10 @@ Two things go wrong with a plain ``compute_loss_func``:
 of an optimiser step before the first forward) opens ``step_candidates`` with the step's labels
 and returns the number of *rows* as ``num_items_in_batch``; ``compute_loss`` sums the micro-batch
 rows and divides by it, so the step's loss and gradients equal one batch of the whole step.
-Labels may be (N,) class indices or (N, C) soft labels. One process (DDP: each rank's own step;
-``step_candidates`` gathers the targets across ranks).
+Labels may be (N,) class indices or (N, C) soft labels. Evaluation (``eval_strategy``) scores
+each batch against its own rows with the loss in eval mode (the queue of ``negatives="queue"``
+is not touched); a plain ``nn.Module`` needs ``label_names=["labels"]`` in ``TrainingArguments``
+so that the Trainer does not pass ``labels`` to ``forward``. Tested in one process.
 
 Tested by ``tests/test_loops.py``; ``docs/training-loops.md`` quotes it.
 """
@@ -64,9 +66,14 @@ class SoftNCETrainer(Trainer):
             self._rows_left -= len(labels)
             if self._rows_left == 0:            # the step's last micro-batch
                 self._close_step()
-        else:                                   # evaluation: in-batch candidates
-            with torch.no_grad():
-                loss = self.loss_fn(logits, labels)
+        else:                                   # evaluation: in-batch candidates, and in
+            was_training = self.loss_fn.training  # eval mode so nothing enters the queue
+            self.loss_fn.eval()
+            try:
+                with torch.no_grad():
+                    loss = self.loss_fn(logits, labels)
+            finally:
+                self.loss_fn.train(was_training)
         return (loss, outputs) if return_outputs else loss
 
     def train(self, *args, **kwargs):

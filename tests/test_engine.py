@@ -197,6 +197,11 @@ def test_first_step_checked_then_loss_checks_relaxed(tmp_path, monkeypatch):
     monkeypatch.setattr(SoftTargetInfoNCE, "forward", spy)
     train(cfg_for(tmp_path, loss="soft-infonce", smoothing=0.1, max_steps=4), log=lambda m: None)
     assert seen == [True, False, False, False]
+    seen.clear()          # and again at the first step of every epoch
+    train(cfg_for(tmp_path, "two", loss="soft-infonce", smoothing=0.1, epochs=2),
+          log=lambda m: None)
+    per_epoch = len(seen) // 2
+    assert [i for i, v in enumerate(seen) if v] == [0, per_epoch] and per_epoch > 2
 
 
 # ------------------------------------------------------------------ plug-in extension

@@ -105,23 +105,24 @@ def test_lightning_checkpoint_keeps_the_queue(tmp_path):
 
     _, labels = _data(40)
     q = class_prior(labels, C)
-    module = SoftNCEClassifier(_mlp(), q, C, negatives="queue", queue_size=24)
+    module = SoftNCEClassifier(_mlp(), q, C, negatives="queue", queue_size=100)
     trainer = _lightning_trainer(tmp_path, max_epochs=2)
     trainer.fit(module, _loader(40, 8), _loader(16, 8, seed=2))
-    assert int(module.loss_fn.queue_len) == 24
+    assert int(module.loss_fn.queue_len) == 80   # two epochs of 40 rows, validation not queued
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=True)
     state = ckpt["state_dict"]
     assert "loss_fn.queue_weights" in state and "val_calibration.bins" not in state
-    fresh = SoftNCEClassifier(_mlp(seed=5), q, C, negatives="queue", queue_size=24)
+    fresh = SoftNCEClassifier(_mlp(seed=5), q, C, negatives="queue", queue_size=100)
     fresh.load_state_dict(state)
     for name in ("queue_indices", "queue_weights", "queue_uniform", "queue_ptr", "queue_len"):
         assert torch.equal(getattr(fresh.loss_fn, name), getattr(module.loss_fn, name)), name
-    # resuming through Lightning continues from the saved queue
-    resumed = SoftNCEClassifier(_mlp(seed=5), q, C, negatives="queue", queue_size=24)
+    # resuming through Lightning continues from the saved queue: 80 + 40 rows fill the 100
+    # slots (a lost queue would hold only the 40 rows of the third epoch)
+    resumed = SoftNCEClassifier(_mlp(seed=5), q, C, negatives="queue", queue_size=100)
     _lightning_trainer(tmp_path, max_epochs=3).fit(resumed, _loader(40, 8), ckpt_path=path)
-    assert int(resumed.loss_fn.queue_len) == 24 and resumed.current_epoch == 3
+    assert int(resumed.loss_fn.queue_len) == 100 and resumed.current_epoch == 3
 
 
 def test_lightning_micro_batches_equal_one_batch(tmp_path):
@@ -210,7 +211,8 @@ class _DictModel(nn.Module):
         return {"logits": self.net(x)}
 
 
-def _hf_train(tmp_path, labels, batch_size: int, accum: int, negatives: str = "batch"):
+def _hf_train(tmp_path, labels, batch_size: int, accum: int, negatives: str = "batch",
+              eval_rows: int = 0, max_steps: int = 1):
     from transformers import TrainingArguments
 
     from hf_trainer import SoftNCETrainer
@@ -219,14 +221,19 @@ def _hf_train(tmp_path, labels, batch_size: int, accum: int, negatives: str = "b
     data = [{"x": x[i], "labels": labels[i]} for i in range(len(labels))]
     args = TrainingArguments(
         output_dir=str(tmp_path / f"hf-{batch_size}-{accum}"), per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.5, optim="sgd",
+        gradient_accumulation_steps=accum, max_steps=max_steps, learning_rate=0.5, optim="sgd",
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
         report_to="none", save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
-        remove_unused_columns=False, dataloader_drop_last=True, logging_strategy="no")
+        remove_unused_columns=False, dataloader_drop_last=True, logging_strategy="no",
+        label_names=["labels"], per_device_eval_batch_size=20,
+        **({"eval_strategy": "steps", "eval_steps": 1} if eval_rows else {}))
     model = _DictModel()
     loss_fn = SoftTargetInfoNCE(class_prior(hard, C), temperature=0.7, negatives=negatives,
-                                queue_size=128)
-    trainer = SoftNCETrainer(model=model, args=args, train_dataset=data, loss_fn=loss_fn)
+                                queue_size=256)
+    xe, ye = _data(eval_rows, seed=9) if eval_rows else (None, None)
+    evals = [{"x": xe[i], "labels": ye[i]} for i in range(eval_rows)] or None
+    trainer = SoftNCETrainer(model=model, args=args, train_dataset=data, eval_dataset=evals,
+                             loss_fn=loss_fn)
     result = trainer.train()
     return result.training_loss, _params(model), loss_fn
 
@@ -256,6 +263,16 @@ def test_hf_trainer_queue_is_filled_once_per_step(tmp_path):
     _, hard = _data(64)
     _, _, loss_fn = _hf_train(tmp_path, hard, 16, 4, negatives="queue")
     assert int(loss_fn.queue_len) == 64 and loss_fn._step is None
+
+
+def test_hf_trainer_evaluation_mid_training_leaves_the_queue_alone(tmp_path):
+    """Evaluation after every step (40 rows in batches of 20): the queue holds only the 2 x 32
+    training rows, and evaluation runs outside any step context."""
+    pytest.importorskip("transformers")
+    _, hard = _data(64)
+    _, _, loss_fn = _hf_train(tmp_path, hard, 16, 2, negatives="queue", eval_rows=40,
+                              max_steps=2)
+    assert int(loss_fn.queue_len) == 64 and loss_fn._step is None and loss_fn.training
 
 
 # ------------------------------------------------------------------------------ timm task

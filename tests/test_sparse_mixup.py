@@ -90,6 +90,9 @@ def test_lam_near_one_keeps_its_digits():
     # 1 - lam computed in float32 after rounding lam would lose every digit of the partner weight
     t = sparse_mixup_target(torch.tensor([0, 1]), 3, lam=1 - 3e-9, smoothing=0.0)
     assert t.weights[0, 1].item() == pytest.approx(3e-9, rel=1e-6)
+    lam64 = torch.full((2, 1), 1 - 3e-9, dtype=torch.float64)   # a per-row float64 lam
+    t = sparse_mixup_target(torch.tensor([0, 1]), 3, lam=lam64, smoothing=0.0)
+    assert t.weights[:, 1].tolist() == pytest.approx([3e-9, 3e-9], rel=1e-6)
 
 
 def test_sparse_mixup_refuses_odd_batches_and_multi_label():

@@ -163,7 +163,7 @@ def check_probability_vector(
         )
     if not probs.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor; found dtype {probs.dtype}")
-    if validate_args and not _passed_before(probs):
+    if validate_args:
         atol = simplex_atol(probs.dtype)
         total = probs.sum(dtype=torch.float64)
         # one fused flag, one sync; a NaN makes the sum NaN and the comparison False
@@ -179,28 +179,7 @@ def check_probability_vector(
                 )
             raise ValueError(f"{name} must sum to 1 (tolerance {atol:g}); found sum "
                              f"{float(total):.6g}")
-        _mark_passed(probs)
     return probs
-
-
-# Once-per-tensor checks: a vector that passed keeps a mark with its version counter, which
-# every in-place change (``q.mul_(2)``, ``q[0] = 5``) bumps, so a changed tensor is checked again.
-_MARK = "_softnce_passed_version"
-
-
-def _passed_before(t: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling() or t.requires_grad:
-        return False
-    return getattr(t, _MARK, None) == t._version
-
-
-def _mark_passed(t: torch.Tensor) -> None:
-    if torch.compiler.is_compiling() or t.requires_grad:
-        return
-    try:
-        setattr(t, _MARK, t._version)
-    except (AttributeError, RuntimeError):  # tensor subclasses without a __dict__
-        pass
 
 
 def check_labels(

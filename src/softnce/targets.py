@@ -172,7 +172,7 @@ class SoftTargets:
         eps = _check_fraction("smoothing", smoothing)
         n = la.shape[0]
         if isinstance(lam, torch.Tensor):
-            lam_t = lam.to(device=la.device, dtype=torch.float64).reshape(-1)
+            lam_t = lam.to(device=la.device, dtype=_weights_dtype(la.device)).reshape(-1)
             if lam_t.numel() == 1:
                 lam_t = lam_t.expand(n)
             if lam_t.shape[0] != n:
@@ -183,9 +183,14 @@ class SoftTargets:
                 raise ValueError("lam must lie in [0, 1]; found values outside")
         else:
             lam_f = _check_fraction("lam", lam)
-            lam_t = torch.full((n,), lam_f, dtype=torch.float64, device=la.device)
-        # the weights in float64, rounded once: 1 - lam in float32 loses all digits as lam -> 1
-        weights = torch.stack([lam_t * (1.0 - eps), (1.0 - lam_t) * (1.0 - eps)], dim=1).to(dtype)
+            lam_t = None
+        if lam_t is None:  # a float: both weights in Python's float64, rounded once
+            w = torch.tensor([lam_f * (1.0 - eps), (1.0 - lam_f) * (1.0 - eps)], dtype=dtype)
+            weights = w.to(la.device).expand(n, 2).contiguous()
+        else:
+            # float64 where the device has it: 1 - lam in float32 loses digits as lam -> 1
+            weights = torch.stack([lam_t * (1.0 - eps), (1.0 - lam_t) * (1.0 - eps)],
+                                  dim=1).to(dtype)
         uniform = torch.full((n,), eps, dtype=dtype, device=la.device)
         out = cls(torch.stack([la, lb], dim=1), weights, uniform, num_classes,
                   validate_args=False)
@@ -305,6 +310,11 @@ class SoftTargets:
         """``(v . y_j)`` for a single vector v (C,) -> (M,)."""
         w = self.weights.to(v.dtype)
         return (v[self.indices] * w).sum(dim=1) + v.sum() * self.uniform.to(v.dtype) / self.num_classes
+
+
+def _weights_dtype(device: torch.device) -> torch.dtype:
+    """float64 for intermediate weights, except on MPS (no float64 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _uniform_term(row_sums: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:

@@ -244,14 +244,16 @@ class RunDirMixin:
         return {"rng": rng_state(), "builder": self.builder.state_dict(),
                 "loader_generator": epoch_start_gen}
 
-    def _checkpoint_due(self) -> bool:
-        """An epoch-end checkpoint is due when ``ckpt_every_seconds`` have passed since the last
-        one (rank 0's clock, broadcast: every rank takes the same decision)."""
+    def _checkpoint_due(self, force: bool = False) -> bool:
+        """An epoch-end checkpoint is due when ``force`` (final epoch, a signal, a broken-off
+        epoch) or ``ckpt_every_seconds`` have passed since the last one. Under DDP the flags
+        are all-reduced (MAX), so every rank takes the same decision even when only one of them
+        got a signal or its clock says so (the save is a collective)."""
         interval = float(self.cfg.ckpt_every_seconds)
-        due = interval <= 0 or _now() - self._last_ckpt_time >= interval
+        due = force or interval <= 0 or _now() - self._last_ckpt_time >= interval
         if self.world > 1:
             flag = torch.tensor([int(due)], device=self.device)
-            dist.broadcast(flag, src=0)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             due = bool(flag.item())
         return due
 

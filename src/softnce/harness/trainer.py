@@ -370,7 +370,7 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
         progress = self._progress()
         t_run = time.perf_counter()
         self._reset_checkpoint_clock()
-        self._checks_relaxed = False  # the first step of every (resumed) run is fully checked
+        self._checks_relaxed, self._relaxed = False, []
         stop = False
         with progress:
             task = progress.add_task("train", total=cfg.epochs * self.steps_per_epoch,
@@ -382,6 +382,7 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
                 self.train_sampler.set_skip(self.step_in_epoch * cfg.accum_steps * cfg.batch_size)
                 if self.step_in_epoch == 0:
                     self.loss_sum, self.loss_count = 0.0, 0
+                self._restore_loss_checks()  # the first step of every epoch is fully checked
                 epoch_start_gen = self.loader_gen.get_state()
                 it = iter(self.train_loader)
                 t0, samples = time.perf_counter(), 0
@@ -427,7 +428,8 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
                 if last:
                     self.complete = True
                 gen_state = self.loader_gen.get_state() if epoch_done else epoch_start_gen
-                if last or self._signal is not None or not epoch_done or self._checkpoint_due():
+                if self._checkpoint_due(force=last or self._signal is not None
+                                        or not epoch_done):
                     self._save_checkpoint(gen_state)
                 if kill_after and self.global_step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -500,15 +502,24 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
         return samples
 
     def _relax_loss_checks(self) -> None:
-        """After the first optimiser step, fully checked, build no more value checks into the
-        loss (``validate_args=False``: no host synchronisation, no extra passes over the
-        logits). The targets come from the harness's own constructors, and every micro-step
-        already reads its loss back (``float(loss)``) and stops on a non-finite value
-        (:class:`NonFiniteLossError`), so what the checks would catch later is still caught."""
-        for m in self.criterion.modules():
-            if isinstance(getattr(m, "validate_args", None), bool):
-                m.validate_args = False
+        """After the first optimiser step of an epoch, fully checked, run the loss with
+        ``validate_args=False`` for the rest of the epoch (no host synchronisation, no extra
+        passes). The targets come from the harness's own constructors, and every micro-step
+        reads its loss back and stops on a non-finite value (:class:`NonFiniteLossError`).
+        What that misses: a NaN/inf logit in a column that no target of the batch touches (a
+        finite loss from hard labels without uniform mass); it is caught at the next epoch's
+        first step, and the epoch's evaluation shows it."""
+        self._relaxed = [m for m in self.criterion.modules()
+                         if getattr(m, "validate_args", None) is True]
+        for m in self._relaxed:
+            m.validate_args = False
         self._checks_relaxed = True
+
+    def _restore_loss_checks(self) -> None:
+        for m in getattr(self, "_relaxed", []):
+            m.validate_args = True
+        self._relaxed = []
+        self._checks_relaxed = False
 
     def _step_candidates_apply(self) -> bool:
         """Step candidates for an in-batch InfoNCE criterion on unmasked rows of a plain model.
