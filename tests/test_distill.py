@@ -224,8 +224,8 @@ def test_two_process_gloo_with_teacher_agrees_with_one_process(teacher, tmp_path
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    for i, (p, (_, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, (i, sorted(x.name for x in tmp_path.iterdir()), err[-3000:])
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     assert r0["cached"]
     one = train(_cfg(tmp_path / "one", loss="soft-ce", teacher=str(teacher), kd_temperature=2.0,

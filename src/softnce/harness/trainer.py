@@ -75,7 +75,7 @@ from softnce.harness.state import (  # noqa: F401
     set_rng_state,
     verify_checksum,
 )
-from softnce.harness.step import _cat_targets, _ForwardLoss
+from softnce.harness.step import _cat_targets, _ForwardLoss, relax_checks, restore_checks
 
 __all__ = [
     "LOSSES",
@@ -246,6 +246,8 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
                 self._lock.release()
             torch.set_num_threads(threads)
             if self._owns_pg and dist.is_initialized():
+                if sys.exc_info()[0] is None:  # all ranks here: leave together (gloo aborts
+                    dist.barrier()             # when a peer tears down mid-exchange)
                 dist.destroy_process_group()
 
     def _run(self) -> dict[str, Any]:
@@ -502,24 +504,12 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
         return samples
 
     def _relax_loss_checks(self) -> None:
-        """After the first optimiser step of an epoch, fully checked, run the loss with
-        ``validate_args=False`` for the rest of the epoch (no host synchronisation, no extra
-        passes). The targets come from the harness's own constructors, and every micro-step
-        reads its loss back and stops on a non-finite value (:class:`NonFiniteLossError`).
-        What that misses: a NaN/inf logit in a column that no target of the batch touches (a
-        finite loss from hard labels without uniform mass); it is caught at the next epoch's
-        first step, and the epoch's evaluation shows it."""
-        self._relaxed = [m for m in self.criterion.modules()
-                         if getattr(m, "validate_args", None) is True]
-        for m in self._relaxed:
-            m.validate_args = False
-        self._checks_relaxed = True
+        """See :func:`softnce.harness.step.relax_checks` (the rest of the epoch unchecked)."""
+        self._relaxed, self._checks_relaxed = relax_checks(self.criterion), True
 
     def _restore_loss_checks(self) -> None:
-        for m in getattr(self, "_relaxed", []):
-            m.validate_args = True
-        self._relaxed = []
-        self._checks_relaxed = False
+        restore_checks(getattr(self, "_relaxed", []))
+        self._relaxed, self._checks_relaxed = [], False
 
     def _step_candidates_apply(self) -> bool:
         """Step candidates for an in-batch InfoNCE criterion on unmasked rows of a plain model.
