@@ -185,8 +185,9 @@ class SoftTargets:
             lam_f = _check_fraction("lam", lam)
             lam_t = None
         if lam_t is None:  # a float: both weights in Python's float64, rounded once
-            w = torch.tensor([lam_f * (1.0 - eps), (1.0 - lam_f) * (1.0 - eps)], dtype=dtype)
-            weights = w.to(la.device).expand(n, 2).contiguous()
+            weights = torch.empty((n, 2), dtype=dtype, device=la.device)  # fills: no host copy
+            weights[:, 0].fill_(lam_f * (1.0 - eps))
+            weights[:, 1].fill_((1.0 - lam_f) * (1.0 - eps))
         else:
             # float64 where the device has it: 1 - lam in float32 loses digits as lam -> 1
             weights = torch.stack([lam_t * (1.0 - eps), (1.0 - lam_t) * (1.0 - eps)],
