@@ -106,6 +106,23 @@ def test_missing_optional_dependency_names_the_extra(tmp_path):
         require("no_such_module_for_softnce", "graph", "the test")
 
 
+
+@pytest.mark.parametrize("module,blocked,extra", [
+    ("softnce.metrics.torchmetric", "torchmetrics", "loops"),
+    ("softnce.data.mixup", "timm", "images"),
+])
+def test_optional_adapters_name_their_extra(module, blocked, extra):
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"
+            "from softnce._optional import MissingDependencyError\n"
+            "try:\n"
+            f"    import {module}\n"
+            "except MissingDependencyError as e:\n"
+            "    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"pip install 'softnce[{extra}]'" in out.stdout
+
 def test_main_job_needs_only_the_train_extra(tmp_path):
     """`pip install -e '.[train]' && softnce compare` (the README's main job): the packages of
     the other extras are made unimportable and the compare still runs."""
