@@ -212,6 +212,104 @@ def test_validate_args_false_reads_no_value_on_the_host(form):
     assert all(bool(torch.isfinite(v)) for v in losses)
 
 
+@contextlib.contextmanager
+def _count_host_reads():
+    """Count the Python-level reads of tensor values on the host (each one a synchronisation
+    on a GPU); yields a list whose length is the count."""
+    names = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist")
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+    reads: list[str] = []
+
+    def counting(name):
+        def read(self, *a, **k):
+            reads.append(name)
+            return saved[name](self, *a, **k)
+        return read
+
+    try:
+        for n in names:
+            setattr(torch.Tensor, n, counting(n))
+        yield reads
+    finally:
+        for n, f in saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+@pytest.mark.parametrize("form", ["k1-smooth", "k2-uniform", "k3-no-uniform"])
+def test_validate_args_true_reads_one_value_with_noise(form):
+    """Validated SoftTargets plus a noise vector: the noise check, the logits' finiteness and
+    the result fold into one scalar, one host read per call (the noise vector used to cost a
+    second one on every functional call)."""
+    gen = torch.Generator().manual_seed(6)
+    n, c = 6, 7
+    t = _targets(form, n, c, gen)
+    q = torch.rand(c, generator=gen) + 0.1
+    q = q / q.sum()
+    z = torch.randn(n, c, generator=gen, requires_grad=True)
+    negs = SoftTargets.label_smoothing(torch.tensor([1, 2]), c, 0.1)
+    calls = [lambda: soft_target_infonce(z, t, q, 0.5),
+             lambda: separated_infonce(z, t, negs, q, 0.5)]
+    for call in calls:
+        call()  # first call: nothing to validate, but keep the count honest
+        with _count_host_reads() as reads:
+            loss = call()
+        assert len(reads) == 1, reads
+        assert bool(torch.isfinite(loss))
+
+
+_BAD_NOISE = {
+    "nan": (0.5, math.nan, 0.25, 0.25, 0.0), "inf": (0.5, math.inf, 0.25, 0.25, 0.0),
+    "zero": (0.5, 0.0, 0.25, 0.25, 0.0), "negative": (0.6, -0.1, 0.25, 0.25, 0.0),
+    "sum": (0.3, 0.3, 0.3, 0.3, 0.3),
+}
+_BAD_NOISE_MSG = {"nan": "must be finite", "inf": "must be finite",
+                  "zero": r"must be strictly positive.*indices \[1, 4\]",
+                  "negative": r"must be strictly positive.*indices \[1, 4\]",
+                  "sum": r"must sum to 1 \(tolerance 0.001\); found sum 1.5"}
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD_NOISE))
+@pytest.mark.parametrize("target_form", ["labels", "k2-uniform", "k3-no-uniform", "dense"])
+def test_bad_noise_raises_through_the_folded_check(bad, target_form):
+    """The noise check runs inside the result's scalar now: every bad vector still raises the
+    eager check's message, also when no target puts mass on the bad class, when the logits
+    are bad too (the noise is named first), for an empty batch, and in both functions."""
+    gen = torch.Generator().manual_seed(7)
+    q = torch.tensor(_BAD_NOISE[bad])
+    if bad in ("zero", "negative"):
+        q[4] = 0.0 if bad == "zero" else -0.15
+    labels = torch.tensor([0, 2, 3, 0])
+    t = {"labels": labels, "k2-uniform": SoftTargets.mix(labels, labels.flip(0), 0.3, 5),
+         "k3-no-uniform": SoftTargets(torch.tensor([[0, 2, 3]] * 4), torch.full((4, 3), 1 / 3),
+                                      torch.zeros(4), 5),
+         "dense": torch.eye(5)[labels]}[target_form]
+    z = torch.randn(4, 5, generator=gen)
+    z_bad = z.clone()
+    z_bad[1, 1] = math.nan
+    msg = "noise_probs " + _BAD_NOISE_MSG[bad]
+    for logits in (z, z_bad):
+        with pytest.raises(ValueError, match=msg):
+            soft_target_infonce(logits, t, q)
+        with pytest.raises(ValueError, match=msg):
+            separated_infonce(logits, t, torch.tensor([2]), q)
+    with pytest.raises(ValueError, match=msg):
+        soft_target_infonce(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), q)
+    # the module checks once, at construction, with the same message
+    with pytest.raises(ValueError, match=msg):
+        SoftTargetInfoNCE(noise_probs=q)
+    # without validation the shape is still checked, the values not
+    soft_target_infonce(z, t, q, validate_args=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_low_precision_noise_within_its_tolerance_is_accepted(dtype):
+    q = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=dtype)  # rounds off 1 by up to a few ulps
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(8))
+    ref = soft_target_infonce(z, torch.tensor([0, 1, 3]), q.double(), validate_args=False)
+    got = soft_target_infonce(z, torch.tensor([0, 1, 3]), q)
+    assert abs(float(got) - float(ref)) < 1e-2
+
+
 def test_validated_soft_targets_are_checked_once():
     st = SoftTargets.mix(torch.tensor([0, 1]), torch.tensor([1, 2]), 0.4, 3, smoothing=0.1)
     raw = SoftTargets(st.indices, st.weights.clone(), st.uniform, 3, validate_args=False)

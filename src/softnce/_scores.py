@@ -4,6 +4,7 @@ function with a hand-written gradient, the logit scorer, in-batch and separated 
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 
 import torch
@@ -17,6 +18,7 @@ from softnce._validation import (
     check_reduction,
     check_temperature,
     diagnose_logits,
+    simplex_atol,
 )
 from softnce.targets import SoftTargets
 
@@ -84,7 +86,7 @@ def _check_call(
 ) -> tuple[torch.Tensor, Targets, float, str]:
     """The checks every functional loss runs first; returns the normalised arguments.
 
-    The logits' values are *not* scanned here: see :func:`_check_result`."""
+    The logits' values are *not* scanned here: see :func:`_all_finite`."""
     logits = check_logits(logits, False)
     n, c = logits.shape
     tau = check_temperature(temperature)
@@ -92,41 +94,48 @@ def _check_call(
     return logits, prepare_targets(targets, c, n, validate_args), tau, reduction
 
 
-def _check_result(logits: torch.Tensor, loss: torch.Tensor, scorer: object = None,
-                  row_sums: torch.Tensor | None = None, temperature: float | None = None) -> None:
-    """Finiteness of the logits, checked on what was computed from them (no (N, C) pass).
-
-    A NaN or infinite logit reaches the (N,) row sums of the logits (computed anyway by the
-    sparse path, kept by :class:`LogitScorer`) or, through the dense product, the per-row loss.
-    One fused flag and one host synchronisation; only if it fails is the logit tensor scanned
-    (:func:`diagnose_logits`, today's message). Finite logits whose row sum overflows are fine
-    when the loss is finite (a zero uniform mass never multiplies it); a non-finite loss from
-    finite logits is an overflow of the scores and raises naming it."""
-    if _all_finite(loss, None, scorer, row_sums):
-        return
-    _diagnose_result(logits, loss, temperature)
-
-
 def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object,
-                row_sums: torch.Tensor | None) -> bool:
-    """One scalar, one synchronisation: the (already computed) reduced loss plus the sums of
-    the row sums is finite iff every term is, except when a sum of finite terms overflows --
-    then the slow path finds nothing wrong and returns."""
-    total = reduced if reduced is not None and reduced.dim() == 0 else loss.sum()
+                row_sums: torch.Tensor | None,
+                noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
+    """The value checks of one call read in one host synchronisation (False: run the slow path).
+
+    Finiteness of the logits is checked on what was computed from them (no (N, C) pass): a NaN
+    or infinite logit reaches the (N,) row sums of the logits (computed anyway by the sparse
+    path, kept by :class:`LogitScorer`) or, through the dense product, the per-row loss. So the
+    scalars read are the (already computed) reduced loss and the sums of the row sums, finite
+    iff every term is -- unless a sum of finite terms overflows; then the slow path finds
+    nothing wrong and returns. ``noise = (q, log q)`` adds ``sum(log q)`` (-inf or NaN for an
+    entry <= 0 or NaN) and ``sum(q)``, within :func:`simplex_atol` of one. The scalars go to the
+    host together (one ``stack``, one read): a few tiny ops, because the checks run on every
+    call and each op counts at small sizes (measured by ``benchmarks/bench_losses.py``)."""
+    first = (reduced if reduced is not None and reduced.dim() == 0 else loss.sum()).detach()
+    if noise is None and row_sums is None and getattr(scorer, "row_sums", None) is None:
+        return math.isfinite(first.item())
+    total = first
     for r in (row_sums, getattr(scorer, "row_sums", None)):
         if r is not None:
             total = total + r.sum()
-    return bool((total - total) == 0)  # 0 when finite, NaN for inf or NaN: two tiny ops
+    if noise is None:
+        return math.isfinite(total.item())
+    q, log_q = noise
+    vals = torch.stack([total + log_q.detach().sum(),
+                        q.detach().sum(dtype=torch.float64).to(total.device)]).tolist()
+    return math.isfinite(vals[0]) and abs(vals[1] - 1.0) <= simplex_atol(q.dtype)
 
 
 def _checked_reduce(logits: torch.Tensor, loss: torch.Tensor, reduction: str,
                     validate_args: bool, scorer: object = None,
                     row_sums: torch.Tensor | None = None,
-                    temperature: float | None = None) -> torch.Tensor:
-    """:func:`_reduce`, then (with ``validate_args``) :func:`_check_result` on the reduced
-    value, which the loss computes anyway."""
+                    temperature: float | None = None,
+                    noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """:func:`_reduce`, then (with ``validate_args``) the one-scalar check of
+    :func:`_all_finite` on the reduced value, which the loss computes anyway. Only if it fails
+    are the inputs scanned, for the same messages as an eager check: the noise vector first
+    (:func:`check_probability_vector`), then the logits (:func:`diagnose_logits`)."""
     out = _reduce(loss, reduction)
-    if validate_args and not _all_finite(loss, out, scorer, row_sums):
+    if validate_args and not _all_finite(loss, out, scorer, row_sums, noise):
+        if noise is not None:
+            check_probability_vector("noise_probs", noise[0], None, True)
         _diagnose_result(logits, loss, temperature)
     return out
 
@@ -341,10 +350,19 @@ def _log_noise(
     noise_probs: torch.Tensor | None, num_classes: int, dtype: torch.dtype, device: torch.device,
     validate_args: bool,
 ) -> torch.Tensor | None:
+    """``log q`` in the compute dtype; shape and dtype always checked, the values too with
+    ``validate_args`` (eagerly: one sync; the functional losses pass ``False`` and hand
+    ``(q, log q)`` to :func:`_checked_reduce` instead, which folds the check into its scalar)."""
     if noise_probs is None:
         return None
     q = check_probability_vector("noise_probs", noise_probs, num_classes, validate_args)
     return q.to(device=device, dtype=dtype).log()
+
+
+def _noise_check(noise_probs: torch.Tensor | None, log_q: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ``noise`` argument of :func:`_checked_reduce` (``None`` without a noise vector)."""
+    return None if noise_probs is None or log_q is None else (noise_probs, log_q)
 
 
 _WARNED_FEW_CANDIDATES = False

@@ -19,6 +19,7 @@ from softnce._scores import (
     _compute_dtype,
     _log_noise,
     _no_autocast,
+    _noise_check,
     _reduce,
     _warn_few_candidates,
     batch_infonce_rows,
@@ -81,9 +82,10 @@ def soft_target_infonce(
     _warn_few_candidates(len(tgt), n)
     with _no_autocast(logits.device):
         scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / tau)
-        log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, validate_args)
+        log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, False)
         loss = batch_infonce_rows(scorer, tgt, log_q)
-    return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau)
+    return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau,
+                           noise=_noise_check(noise_probs, log_q))
 
 
 def separated_infonce(
@@ -131,9 +133,10 @@ def separated_infonce(
                              f"{tuple(negative_bias.shape)}")
     with _no_autocast(logits.device):
         scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / tau)
-        log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, validate_args)
+        log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, False)
         loss = separated_infonce_rows(scorer, tgt, neg, log_q, positive_bias, negative_bias)
-    return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau)
+    return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau,
+                           noise=_noise_check(noise_probs, log_q))
 
 
 # ------------------------------------------------------------------------------ modules
