@@ -18,7 +18,10 @@ from softnce._validation import (
     check_reduction,
     check_temperature,
     diagnose_logits,
+    diagnose_simplex_rows,
     simplex_atol,
+    simplex_row_stats,
+    simplex_stats_ok,
 )
 from softnce.targets import SoftTargets
 
@@ -48,12 +51,15 @@ def prepare_targets(
     batch_size: int | None,
     validate_args: bool = True,
     name: str = "targets",
+    deferred: list[tuple[str, torch.Tensor]] | None = None,
 ) -> Targets:
     """Normalise ``targets`` to a dense (N, C) float tensor or :class:`SoftTargets`.
 
     Integer labels (N,) become one-hot ``SoftTargets`` (k = 1). Shapes are always checked; values
     (ranges, non-negativity, rows summing to 1) when ``validate_args`` -- for ``SoftTargets``
-    once per batch (it remembers that it passed).
+    once per batch (it remembers that it passed). With a ``deferred`` list, the value check of
+    dense targets is not run here but appended as ``(name, targets)``, for the loss to fold it
+    into its one host read (:func:`_checked_reduce`); shapes are still checked at once.
     """
     if isinstance(targets, SoftTargets):
         if targets.num_classes != num_classes:
@@ -78,25 +84,32 @@ def prepare_targets(
         st = SoftTargets.from_labels(labels, num_classes, validate_args=False)
         st._validated = bool(validate_args)
         return st
-    return check_dense_targets(name, targets, num_classes, batch_size, validate_args)
+    defer = validate_args and deferred is not None
+    dense = check_dense_targets(name, targets, num_classes, batch_size, validate_args and not defer)
+    if defer and dense.numel():
+        deferred.append((name, dense))
+    return dense
 
 
 def _check_call(
-    logits: object, targets: object, temperature: object, reduction: object, validate_args: bool
+    logits: object, targets: object, temperature: object, reduction: object, validate_args: bool,
+    deferred: list[tuple[str, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, Targets, float, str]:
     """The checks every functional loss runs first; returns the normalised arguments.
 
-    The logits' values are *not* scanned here: see :func:`_all_finite`."""
+    The logits' values are *not* scanned here: see :func:`_all_finite`; nor the values of dense
+    targets when a ``deferred`` list is given (see :func:`prepare_targets`)."""
     logits = check_logits(logits, False)
     n, c = logits.shape
     tau = check_temperature(temperature)
     reduction = check_reduction(reduction)
-    return logits, prepare_targets(targets, c, n, validate_args), tau, reduction
+    return logits, prepare_targets(targets, c, n, validate_args, deferred=deferred), tau, reduction
 
 
 def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object,
                 row_sums: torch.Tensor | None,
-                noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
+                noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+                deferred: list[tuple[str, torch.Tensor]] | None = None) -> bool:
     """The value checks of one call read in one host synchronisation (False: run the slow path).
 
     Finiteness of the logits is checked on what was computed from them (no (N, C) pass): a NaN
@@ -107,33 +120,52 @@ def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object
     nothing wrong and returns. ``noise = (q, log q)`` adds ``sum(log q)`` (-inf or NaN for an
     entry <= 0 or NaN) and ``sum(q)``, within :func:`simplex_atol` of one. The scalars go to the
     host together (one ``stack``, one read): a few tiny ops, because the checks run on every
-    call and each op counts at small sizes (measured by ``benchmarks/bench_losses.py``)."""
+    call and each op counts at small sizes (measured by ``benchmarks/bench_losses.py``).
+    ``deferred`` dense target matrices add their :func:`simplex_row_stats` to the same read."""
     first = (reduced if reduced is not None and reduced.dim() == 0 else loss.sum()).detach()
-    if noise is None and row_sums is None and getattr(scorer, "row_sums", None) is None:
+    if (noise is None and not deferred and row_sums is None
+            and getattr(scorer, "row_sums", None) is None):
         return math.isfinite(first.item())
     total = first
     for r in (row_sums, getattr(scorer, "row_sums", None)):
         if r is not None:
             total = total + r.sum()
-    if noise is None:
+    if noise is None and not deferred:
         return math.isfinite(total.item())
-    q, log_q = noise
-    vals = torch.stack([total + log_q.detach().sum(),
-                        q.detach().sum(dtype=torch.float64).to(total.device)]).tolist()
-    return math.isfinite(vals[0]) and abs(vals[1] - 1.0) <= simplex_atol(q.dtype)
+    scalars = [total]
+    if noise is not None:
+        q, log_q = noise
+        qsum = q.detach().sum(dtype=torch.float64)
+        scalars = [total + log_q.detach().sum(),
+                   qsum if qsum.device == total.device else qsum.to(total.device)]
+    for _, t in deferred or ():
+        scalars += simplex_row_stats(t.detach())
+    vals = torch.stack(scalars).tolist()  # the one host read
+    if not math.isfinite(vals[0]):
+        return False
+    if noise is not None:
+        if not abs(vals[1] - 1.0) <= simplex_atol(q.dtype):
+            return False
+        vals = vals[1:]
+    return all(simplex_stats_ok(vals[1 + 3 * i:4 + 3 * i], t.dtype)
+               for i, (_, t) in enumerate(deferred or ()))
 
 
 def _checked_reduce(logits: torch.Tensor, loss: torch.Tensor, reduction: str,
                     validate_args: bool, scorer: object = None,
                     row_sums: torch.Tensor | None = None,
                     temperature: float | None = None,
-                    noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    deferred: list[tuple[str, torch.Tensor]] | None = None) -> torch.Tensor:
     """:func:`_reduce`, then (with ``validate_args``) the one-scalar check of
     :func:`_all_finite` on the reduced value, which the loss computes anyway. Only if it fails
-    are the inputs scanned, for the same messages as an eager check: the noise vector first
+    are the inputs scanned, for the same messages as an eager check, in the eager order: the
+    deferred dense targets first (:func:`diagnose_simplex_rows`), then the noise vector
     (:func:`check_probability_vector`), then the logits (:func:`diagnose_logits`)."""
     out = _reduce(loss, reduction)
-    if validate_args and not _all_finite(loss, out, scorer, row_sums, noise):
+    if validate_args and not _all_finite(loss, out, scorer, row_sums, noise, deferred):
+        for name, t in deferred or ():
+            diagnose_simplex_rows(name, t)
         if noise is not None:
             check_probability_vector("noise_probs", noise[0], None, True)
         _diagnose_result(logits, loss, temperature)

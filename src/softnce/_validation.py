@@ -7,7 +7,9 @@ tensor values and, on an accelerator, synchronise with the host.
 Vocabulary (use these rather than re-writing a check):
 
 * :func:`simplex_atol` -- the one tolerance rule for "sums to one";
-* :func:`check_simplex_rows` -- rows of an (M, C) matrix on the probability simplex;
+* :func:`check_simplex_rows` -- rows of an (M, C) matrix on the probability simplex (its parts,
+  for checks folded into a loss's one host read: :func:`simplex_row_stats`,
+  :func:`simplex_stats_ok`, :func:`diagnose_simplex_rows`);
 * :func:`check_row_sums` -- precomputed row sums (e.g. of sparse targets) equal to one;
 * :func:`check_probability_vector` -- a strictly positive (C,) vector summing to one;
 * :func:`check_temperature` -- a positive finite scalar;
@@ -47,7 +49,10 @@ __all__ = [
     "check_temperature",
     "check_tensor",
     "diagnose_logits",
+    "diagnose_simplex_rows",
     "simplex_atol",
+    "simplex_row_stats",
+    "simplex_stats_ok",
 ]
 
 
@@ -194,8 +199,7 @@ def check_labels(
             f"{name} must have N={batch_size} rows (the batch size of logits); found {labels.shape[0]}"
         )
     if validate_args and labels.numel():
-        lo, hi = torch.aminmax(labels)
-        lo, hi = int(lo), int(hi)
+        lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one host read for both
         if lo < 0 or hi >= num_classes:
             raise ValueError(
                 f"{name} must hold class indices in [0, {num_classes - 1}]; found values in "
@@ -230,19 +234,40 @@ def check_simplex_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
     summation, is negligible against the 1e-3 floor of :func:`simplex_atol`."""
     if not rows.numel():
         return rows
+    if simplex_stats_ok(torch.stack(simplex_row_stats(rows)).tolist(), rows.dtype):
+        return rows
+    diagnose_simplex_rows(name, rows)
+    return rows
+
+
+def simplex_row_stats(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(min row sum, max row sum, min entry)`` of a non-empty (M, C) matrix as 0-d tensors on
+    its device, nothing read on the host: a loss stacks them with its own scalars for one read,
+    and :func:`simplex_stats_ok` judges the values. Three reductions (two over the matrix, one
+    over the M sums); NaN and inf entries propagate to them."""
     acc = None if rows.dtype in (torch.float32, torch.float64) else torch.float32
     sums = rows.sum(dim=1, dtype=acc)  # NaN/inf entries make their row sum non-finite
-    atol = simplex_atol(rows.dtype)
-    ok = ((sums - 1.0).abs() <= atol).all() & (rows.amin() >= 0)
-    if bool(ok):
-        return rows
+    lo, hi = torch.aminmax(sums)
+    return lo, hi, rows.amin()
+
+
+def simplex_stats_ok(stats: list[float], dtype: torch.dtype) -> bool:
+    """Whether :func:`simplex_row_stats`, read to the host, pass (False for NaN too)."""
+    atol = simplex_atol(dtype)
+    return 1.0 - atol <= stats[0] and stats[1] <= 1.0 + atol and stats[2] >= 0
+
+
+def diagnose_simplex_rows(name: str, rows: torch.Tensor) -> None:
+    """The slow path of :func:`check_simplex_rows`: raise the message for what is wrong
+    (non-finite entries, then negative ones, then the worst row sum); return if nothing is."""
+    acc = None if rows.dtype in (torch.float32, torch.float64) else torch.float32
+    sums = rows.sum(dim=1, dtype=acc)
     if not bool(torch.isfinite(rows).all()):
         raise ValueError(f"{name} must be finite; found NaN or infinite entries")
     if bool((rows < 0).any()):
         raise ValueError(f"{name} must be non-negative (rows on the probability simplex); "
                          f"found minimum {float(rows.min()):.6g}")
     check_row_sums(name, sums, rows.dtype)
-    return rows
 
 
 def check_dense_targets(

@@ -76,8 +76,9 @@ def soft_target_infonce(
         >>> soft_target_infonce(z, y)          # = log(1 + exp(-1.6))
         tensor(0.1839)
     """
+    deferred: list = []
     logits, tgt, tau, reduction = _check_call(logits, targets, temperature, reduction,
-                                              validate_args)
+                                              validate_args, deferred)
     n, c = logits.shape
     _warn_few_candidates(len(tgt), n)
     with _no_autocast(logits.device):
@@ -85,7 +86,7 @@ def soft_target_infonce(
         log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, False)
         loss = batch_infonce_rows(scorer, tgt, log_q)
     return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau,
-                           noise=_noise_check(noise_probs, log_q))
+                           noise=_noise_check(noise_probs, log_q), deferred=deferred)
 
 
 def separated_infonce(
@@ -116,11 +117,12 @@ def separated_infonce(
         >>> separated_infonce(z, torch.tensor([0, 1]), torch.tensor([2, 2]))  # = log 3
         tensor(1.0986)
     """
+    deferred: list = []
     logits, tgt, tau, reduction = _check_call(logits, targets, temperature, reduction,
-                                              validate_args)
+                                              validate_args, deferred)
     n, c = logits.shape
     neg = None if negatives is None else prepare_targets(negatives, c, None, validate_args,
-                                                         name="negatives")
+                                                         name="negatives", deferred=deferred)
     for bname, bias in (("positive_bias", positive_bias), ("negative_bias", negative_bias)):
         if bias is not None and not isinstance(bias, torch.Tensor):
             raise TypeError(f"{bname} must be a torch.Tensor or None; found {type(bias).__name__}")
@@ -136,7 +138,7 @@ def separated_infonce(
         log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, False)
         loss = separated_infonce_rows(scorer, tgt, neg, log_q, positive_bias, negative_bias)
     return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau,
-                           noise=_noise_check(noise_probs, log_q))
+                           noise=_noise_check(noise_probs, log_q), deferred=deferred)
 
 
 # ------------------------------------------------------------------------------ modules
@@ -242,23 +244,28 @@ class SoftTargetInfoNCE(nn.Module):
         return s + f", reduction={self.reduction!r}"
 
     # ------------------------------------------------------------------- targets
-    def _prepare(self, logits: torch.Tensor, targets: object) -> Targets:
+    def _prepare(self, logits: torch.Tensor, targets: object,
+                 deferred: list[tuple[str, torch.Tensor]] | None = None) -> Targets:
         n, c = logits.shape
-        return prepare_targets(targets, c, n, self.validate_args)
+        return prepare_targets(targets, c, n, self.validate_args, deferred=deferred)
 
     def forward(self, logits: torch.Tensor, targets: Targets) -> torch.Tensor:
         """The loss of logits (N, C) against targets (see the class docstring).
 
         With ``validate_args`` the logits are checked on the row sums and per-row losses
         computed anyway (see :func:`soft_target_infonce`); no (N, C) scan when they are finite.
-        An empty batch gives 0 (``"mean"``/``"sum"``, zero gradient) or an empty tensor."""
+        So are dense targets with in-batch negatives (their row sums and minimum join the same
+        host read); in the other modes they are checked before they reach the queue or the
+        negatives' biases. An empty batch gives 0 (``"mean"``/``"sum"``, zero gradient) or an
+        empty tensor."""
         logits = check_logits(logits, False)
-        tgt = self._prepare(logits, targets)
+        deferred: list | None = [] if self.negatives == "batch" and self._step is None else None
+        tgt = self._prepare(logits, targets, deferred)
         with _no_autocast(logits.device):
             scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / self.temperature)
             loss = self._loss_rows(scorer, tgt)
         return _checked_reduce(logits, loss, self.reduction, self.validate_args, scorer,
-                               temperature=self.temperature)
+                               temperature=self.temperature, deferred=deferred)
 
     def forward_with_scorer(self, scorer: LogitScorer, targets: Targets) -> torch.Tensor:
         """The loss for prepared targets, with scores ``a_i . y_j`` supplied by ``scorer``.
@@ -552,9 +559,10 @@ class InfoNCE(SoftTargetInfoNCE):
         tensor(1.4067)
     """
 
-    def _prepare(self, logits: torch.Tensor, targets: object) -> Targets:
+    def _prepare(self, logits: torch.Tensor, targets: object,
+                 deferred: list[tuple[str, torch.Tensor]] | None = None) -> Targets:
         self._check_labels_type(targets)
-        return super()._prepare(logits, targets)
+        return super()._prepare(logits, targets, deferred)
 
     @staticmethod
     def _check_labels_type(targets: object) -> None:

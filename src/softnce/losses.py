@@ -127,8 +127,9 @@ def soft_target_cross_entropy(
         >>> soft_target_cross_entropy(torch.zeros(1, 4), torch.tensor([1]))  # = log 4
         tensor(1.3863)
     """
+    deferred: list = []
     logits, tgt, tau, reduction = _check_call(logits, targets, temperature, reduction,
-                                              validate_args)
+                                              validate_args, deferred)
     with _no_autocast(logits.device):
         z = logits.to(_compute_dtype(logits))
         logp = F.log_softmax(z / tau if tau != 1.0 else z, dim=1)
@@ -144,7 +145,7 @@ def soft_target_cross_entropy(
         else:
             loss = -_row_scores(logp, tgt)
     return _checked_reduce(logits, loss, reduction, validate_args, row_sums=row_sums,
-                           temperature=tau)
+                           temperature=tau, deferred=deferred)
 
 
 

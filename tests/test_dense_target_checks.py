@@ -1,0 +1,156 @@
+"""Dense soft targets checked inside the loss's one host read (issue 13, "checks for free").
+
+With ``validate_args=True`` the row sums and the minimum of dense (N, C) targets are stacked
+with the loss's own scalars (finiteness, noise) and read to the host once. The contract stays:
+every bad matrix raises the eager check's ``ValueError`` with the same message, targets named
+before the noise and the logits, through the functions and the modules; a queue never takes
+bad targets in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from softnce import (
+    SoftTargetCrossEntropy,
+    SoftTargetInfoNCE,
+    SoftTargets,
+    separated_infonce,
+    soft_target_cross_entropy,
+    soft_target_infonce,
+)
+from softnce._validation import check_simplex_rows, simplex_row_stats, simplex_stats_ok
+from test_loss_speed_paths import _count_host_reads
+
+N, C = 4, 5
+
+
+def _good(dtype=torch.float32) -> torch.Tensor:
+    raw = torch.rand(N, C, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.1
+    return (raw / raw.sum(1, keepdim=True)).to(dtype)
+
+
+def _bad(kind: str) -> torch.Tensor:
+    y = _good()
+    if kind == "nan":
+        y[2, 3] = math.nan
+    elif kind == "inf":
+        y[1, 0] = math.inf
+    elif kind == "negative":  # row sums stay 1: only the minimum catches it
+        y[3, 0] -= 0.5
+        y[3, 1] += 0.5
+    elif kind == "sum":  # off by more than the bfloat16 tolerance
+        y[1] *= 1.1
+    return y
+
+
+BAD_MSG = {"nan": "targets must be finite; found NaN or infinite entries",
+           "inf": "targets must be finite; found NaN or infinite entries",
+           "negative": "targets must be non-negative",
+           "sum": r"targets rows must sum to 1 \(tolerance 0.001\); row 1 sums to 1.1"}
+
+
+MODULES = ("SoftTargetInfoNCE", "SoftTargetInfoNCE(queue)", "SoftTargetCrossEntropy")
+
+
+def _calls(q: torch.Tensor | None):
+    """Every loss entry point that takes dense targets, as ``fn(logits, targets)``; the modules
+    are built here (they check ``q`` once, at construction), with ``q`` only when it is valid."""
+    positives = SoftTargets.label_smoothing(torch.tensor([0, 1, 2, 3]), C, 0.1)
+    calls = {
+        "soft_target_infonce": lambda z, y: soft_target_infonce(z, y, q),
+        "separated_infonce": lambda z, y: separated_infonce(z, y, _good()[:2], q),
+        "separated_infonce(negatives)": lambda z, y: separated_infonce(z, positives, y, q),
+        "soft_target_cross_entropy": lambda z, y: soft_target_cross_entropy(z, y),
+    }
+    good_q = q if q is not None and abs(float(q.sum()) - 1) < 1e-6 else None
+    calls["SoftTargetInfoNCE"] = SoftTargetInfoNCE(good_q)
+    calls["SoftTargetInfoNCE(queue)"] = SoftTargetInfoNCE(good_q, negatives="queue",
+                                                          queue_size=8)
+    calls["SoftTargetCrossEntropy"] = SoftTargetCrossEntropy()
+    return calls
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MSG))
+@pytest.mark.parametrize("call", sorted(_calls(None)))
+def test_bad_dense_targets_raise_the_eager_message(kind, call):
+    y = _bad(kind)
+    name = "negatives" if call.endswith("(negatives)") else "targets"
+    msg = BAD_MSG[kind].replace("targets", name, 1)
+    z = torch.randn(N, C, generator=torch.Generator().manual_seed(1))
+    z_bad = z.clone()
+    z_bad[0, 0] = math.nan
+    bad_q = torch.tensor([0.5, 0.5, 0.5, 0.25, 0.25])  # sums to 2
+    for q in (None, bad_q):  # (the modules refuse a bad q at construction: tested elsewhere)
+        fn = _calls(q)[call]
+        for logits in (z, z_bad):  # the targets are named before the noise and the logits
+            with pytest.raises(ValueError, match=msg):
+                fn(logits, y)
+    # the eager check says the same
+    with pytest.raises(ValueError, match=msg):
+        check_simplex_rows(name, y)
+
+
+def test_bad_targets_never_reach_the_queue():
+    loss_fn = SoftTargetInfoNCE(negatives="queue", queue_size=8)
+    z = torch.randn(N, C, generator=torch.Generator().manual_seed(2))
+    loss_fn(z, _good())
+    before = int(loss_fn.queue_len)
+    with pytest.raises(ValueError, match="must be non-negative"):
+        loss_fn(z, _bad("negative"))
+    assert int(loss_fn.queue_len) == before
+
+
+@pytest.mark.parametrize("call", ["soft_target_infonce", "separated_infonce",
+                                  "separated_infonce(negatives)", "soft_target_cross_entropy",
+                                  "SoftTargetInfoNCE", "SoftTargetCrossEntropy"])
+def test_dense_targets_cost_one_host_read(call):
+    """Targets, noise and the result's finiteness in a single read (two before: the targets'
+    row sums and minimum had a synchronisation of their own)."""
+    q = torch.full((C,), 1.0 / C)
+    fn = _calls(q)[call]
+    z = torch.randn(N, C, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    y = _good()
+    fn(z, y)  # warnings, lazy imports: outside the count
+    with _count_host_reads() as reads:
+        loss = fn(z, y)
+    assert len(reads) == 1, reads
+    assert bool(torch.isfinite(loss))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_simplex_row_stats_and_tolerance_follow_the_dtype(dtype):
+    y = _good(dtype)
+    stats = torch.stack(simplex_row_stats(y)).tolist()
+    assert simplex_stats_ok(stats, dtype)
+    assert stats[2] == float(y.min()) and stats[0] <= stats[1]
+    assert torch.isfinite(soft_target_infonce(torch.zeros(N, C), y))
+    for kind in ("nan", "inf", "negative", "sum"):
+        bad = torch.stack(simplex_row_stats(_bad(kind).to(dtype))).tolist()
+        assert not simplex_stats_ok(bad, dtype), kind
+
+
+def test_validate_args_false_skips_the_value_check():
+    y = _bad("negative")
+    z = torch.randn(N, C, generator=torch.Generator().manual_seed(4))
+    assert torch.isfinite(soft_target_infonce(z, y, validate_args=False))
+    with pytest.raises(ValueError, match="must have C=5 columns"):  # shapes are still checked
+        soft_target_infonce(z, y[:, :4], validate_args=False)
+
+
+def test_integer_labels_cost_one_read_of_their_own():
+    """Labels are checked before the loss indexes with them (an out-of-range label must not
+    reach ``gather``), in one read for both ends of the range; then the result's read."""
+    labels = torch.tensor([0, 1, 4, 3])
+    z = torch.randn(N, C, generator=torch.Generator().manual_seed(5))
+    soft_target_infonce(z, labels)
+    with _count_host_reads() as reads:
+        soft_target_infonce(z, labels)
+    assert len(reads) == 2, reads
+    with pytest.raises(ValueError, match=r"class indices in \[0, 4\]; found values in \[0, 5\]"):
+        soft_target_infonce(z, torch.tensor([0, 1, 5, 3]))
+    with pytest.raises(ValueError, match=r"found values in \[-1, 3\]"):
+        soft_target_cross_entropy(z, torch.tensor([0, -1, 2, 3]))
