@@ -48,6 +48,7 @@ import argparse
 import contextlib
 import datetime
 import gc
+import math
 import os
 import platform
 import statistics
@@ -74,6 +75,8 @@ QUICK_GRID = [(256, 1000), (512, 1000), (1024, 1000), (256, 10000), (1024, 20000
 # at most this many interleaved rounds per ratio (fewer once the time budget is spent): at ~1 ms
 # per call the per-round ratios scatter by +-15% on a 2-core machine, their median far less
 PAIRED_ROUNDS = 61
+BLOCK_S = 0.01  # seconds of calls per method in one paired round (at least one call)
+BLOCK_MAX_CALLS = 50
 
 
 @dataclass
@@ -209,24 +212,29 @@ def paired_ratio(fa: Callable, fb: Callable, z: torch.Tensor, data: Data, device
                  rounds: int, min_rounds: int, budget_s: float) -> tuple[float, int]:
     """Median over interleaved rounds of ``time(fa) / time(fb)``, the order alternating each
     round: both see the same machine state, so drifts of a shared machine cancel in the ratio
-    (timing the two methods one after the other does not)."""
-    def once(fn: Callable) -> float:
+    (timing the two methods one after the other does not). Each round times a block of
+    ``calls`` forward+backward steps of each method, as many as take about
+    ``BLOCK_S`` seconds (as :mod:`timeit`'s autorange does): one sub-millisecond call is at
+    the mercy of timer and scheduler noise, a block of them is not."""
+    def once(fn: Callable, calls: int = 1) -> float:
         t0 = time.perf_counter()
-        step(fn, z, data)
+        for _ in range(calls):
+            step(fn, z, data)
         sync(device)
         return time.perf_counter() - t0
 
     once(fa), once(fb)  # warm both
+    calls = max(1, min(BLOCK_MAX_CALLS, math.ceil(BLOCK_S / max(once(fb), 1e-9))))
     ratios: list[float] = []
     start = time.perf_counter()
     while len(ratios) < rounds and (len(ratios) < min_rounds or
                                     time.perf_counter() - start < budget_s):
         if len(ratios) % 2:
-            ta = once(fa)
-            tb = once(fb)
+            ta = once(fa, calls)
+            tb = once(fb, calls)
         else:
-            tb = once(fb)
-            ta = once(fa)
+            tb = once(fb, calls)
+            ta = once(fa, calls)
         ratios.append(ta / tb)
     return statistics.median(ratios), len(ratios)
 
@@ -389,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"#   validate_args=True vs False: worst {r:.2f}x ({m} at N={n}, C={c}) "
               f"(target <= 1.1x everywhere): {'MET' if r <= 1.1 else 'MISSED'}")
     print("# ratio columns this/gemm and v/noval: median of per-round ratios over interleaved "
-          "rounds (order alternating), not a ratio of the medians above")
+          f"rounds (order alternating; each round times a block of calls of about {BLOCK_S:g} s "
+          "per method), not a ratio of the medians above")
     return 0
 
 
