@@ -122,32 +122,28 @@ def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object
     host together (one ``stack``, one read): a few tiny ops, because the checks run on every
     call and each op counts at small sizes (measured by ``benchmarks/bench_losses.py``).
     ``deferred`` dense target matrices add their :func:`simplex_row_stats` to the same read."""
-    first = (reduced if reduced is not None and reduced.dim() == 0 else loss.sum()).detach()
-    if (noise is None and not deferred and row_sums is None
-            and getattr(scorer, "row_sums", None) is None):
+    first = reduced if reduced is not None and reduced.dim() == 0 else loss.sum()
+    sums = [r for r in (row_sums, getattr(scorer, "row_sums", None)) if r is not None]
+    if noise is None and not deferred and not sums:
         return math.isfinite(first.item())
-    total = first
-    for r in (row_sums, getattr(scorer, "row_sums", None)):
-        if r is not None:
-            total = total + r.sum()
-    if noise is None and not deferred:
-        return math.isfinite(total.item())
-    scalars = [total]
-    if noise is not None:
-        q, log_q = noise
-        qsum = q.detach().sum(dtype=torch.float64)
-        scalars = [total + log_q.detach().sum(),
-                   qsum if qsum.device == total.device else qsum.to(total.device)]
-    for _, t in deferred or ():
-        scalars += simplex_row_stats(t.detach())
-    vals = torch.stack(scalars).tolist()  # the one host read
-    if not math.isfinite(vals[0]):
+    with torch.no_grad():  # no autograd node for the stack (cheaper than detaching each part)
+        scalars = [first, *(r.sum() for r in sums)]  # finite iff every term is
+        if noise is not None:
+            q, log_q = noise
+            qsum = q.sum(dtype=None if q.dtype in (torch.float32, torch.float64)
+                         else torch.float32)
+            scalars += [log_q.sum(), qsum if qsum.device == first.device
+                        else qsum.to(first.device)]
+        n_finite = len(scalars) - (noise is not None)
+        for _, t in deferred or ():
+            scalars += simplex_row_stats(t)
+        vals = torch.stack(scalars).tolist()  # the one host read
+    if not all(math.isfinite(v) for v in vals[:n_finite]):
         return False
-    if noise is not None:
-        if not abs(vals[1] - 1.0) <= simplex_atol(q.dtype):
-            return False
-        vals = vals[1:]
-    return all(simplex_stats_ok(vals[1 + 3 * i:4 + 3 * i], t.dtype)
+    if noise is not None and not abs(vals[n_finite] - 1.0) <= simplex_atol(q.dtype):
+        return False
+    k = n_finite + (noise is not None)
+    return all(simplex_stats_ok(vals[k + 3 * i:k + 3 * i + 3], t.dtype)
                for i, (_, t) in enumerate(deferred or ()))
 
 

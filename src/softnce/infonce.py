@@ -58,8 +58,10 @@ def soft_target_infonce(
         validate_args: run value checks (finiteness, ranges, simplex rows); shapes always.
             The logits are not scanned: their finiteness is checked on the (N,) row sums and
             the per-row loss computed anyway (a NaN/inf logit reaches them), and only on failure
-            is the tensor scanned for the message. With ``validate_args=False`` no value is read
-            on the host (no synchronisation).
+            is the tensor scanned for the message. Dense targets (their row sums' range and
+            minimum), the noise vector and that finiteness flag are read in one host
+            synchronisation per call (integer labels add one, before they index anything).
+            With ``validate_args=False`` no value is read on the host (no synchronisation).
 
     Returns:
         The reduced loss (float32, or float64 for float64 logits). An empty batch (N = 0)
