@@ -2,9 +2,11 @@
 
 With ``validate_args=True`` the row sums and the minimum of dense (N, C) targets are stacked
 with the loss's own scalars (finiteness, noise) and read to the host once. The contract stays:
-every bad matrix raises the eager check's ``ValueError`` with the same message, targets named
-before the noise and the logits, through the functions and the modules; a queue never takes
-bad targets in.
+every bad matrix raises the eager check's ``ValueError`` with the same message, through the
+functions and the modules. The order: shape and type errors of any argument first (they are
+checked before anything is computed), then value errors, targets before the noise and the
+logits. A queue never takes bad targets in, and targets gathered across ranks are checked
+before the gather, so no rank computes with another rank's bad rows.
 """
 
 from __future__ import annotations
@@ -154,3 +156,45 @@ def test_integer_labels_cost_one_read_of_their_own():
         soft_target_infonce(z, torch.tensor([0, 1, 5, 3]))
     with pytest.raises(ValueError, match=r"found values in \[-1, 3\]"):
         soft_target_cross_entropy(z, torch.tensor([0, -1, 2, 3]))
+
+
+def test_targets_gathered_across_ranks_are_checked_before_the_gather(monkeypatch):
+    """Under DDP a deferred check would run after the all_gather: the other ranks would score
+    their rows against the bad rank's targets. Simulated in one process."""
+    import softnce.infonce as infonce_module
+
+    seen = []
+    monkeypatch.setattr(infonce_module, "is_distributed", lambda: True)
+    monkeypatch.setattr(infonce_module, "gather_targets", lambda t: (seen.append(t), (t, 0))[1])
+    z = torch.randn(N, C, generator=torch.Generator().manual_seed(6))
+    for kind in ("negative", "nan"):
+        with pytest.raises(ValueError, match=BAD_MSG[kind]):
+            SoftTargetInfoNCE()(z, _bad(kind))
+    assert not seen
+    SoftTargetInfoNCE()(z, _good())
+    assert len(seen) == 1
+    SoftTargetInfoNCE(gather_distributed=False)(z, _good())  # local: deferred, no gather
+    assert len(seen) == 1
+
+
+def test_shape_errors_come_before_value_errors():
+    y = _bad("nan")
+    z = torch.randn(N, C, generator=torch.Generator().manual_seed(7))
+    with pytest.raises(ValueError, match="noise_probs must have length C=5"):
+        soft_target_infonce(z, y, torch.full((4,), 0.25))
+    with pytest.raises(ValueError, match=r"negatives must hold class indices"):
+        separated_infonce(z, y, torch.tensor([9]))
+    with pytest.raises(ValueError, match="targets must be finite"):  # values: targets first
+        soft_target_infonce(z, y, torch.full((C,), 0.5))
+
+
+@pytest.mark.parametrize("form", ["dense", "labels", "soft"])
+def test_vmap_with_validation_says_what_to_do(form):
+    labels = torch.tensor([0, 1, 2, 3])
+    t = {"dense": _good(), "labels": labels,
+         "soft": SoftTargets.label_smoothing(labels, C, 0.1)}[form]
+    zs = torch.randn(2, N, C, generator=torch.Generator().manual_seed(8))
+    with pytest.raises(RuntimeError, match="pass validate_args=False inside the transform"):
+        torch.func.vmap(lambda a: soft_target_infonce(a, t))(zs)
+    out = torch.func.vmap(lambda a: soft_target_infonce(a, t, validate_args=False))(zs)
+    torch.testing.assert_close(out, torch.stack([soft_target_infonce(a, t) for a in zs]))

@@ -106,6 +106,21 @@ def _check_call(
     return logits, prepare_targets(targets, c, n, validate_args, deferred=deferred), tau, reduction
 
 
+def _host_read(t: torch.Tensor) -> list[float]:
+    """The values of a 0-d or 1-d ``t`` on the host, as a list. Under ``torch.func.vmap`` values cannot be
+    read: that case raises a ``RuntimeError`` that says so and what to do, instead of torch's
+    "Cannot access data pointer" (nothing is checked on the happy path: the error is caught)."""
+    try:
+        return [t.item()] if t.dim() == 0 else t.tolist()
+    except RuntimeError as e:
+        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+            raise RuntimeError(
+                "validate_args=True reads values on the host to check them, which a torch.func "
+                "transform such as vmap cannot do; pass validate_args=False inside the "
+                "transform (and check the inputs outside it)") from e
+        raise
+
+
 def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object,
                 row_sums: torch.Tensor | None,
                 noise: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -125,7 +140,7 @@ def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object
     first = reduced if reduced is not None and reduced.dim() == 0 else loss.sum()
     sums = [r for r in (row_sums, getattr(scorer, "row_sums", None)) if r is not None]
     if noise is None and not deferred and not sums:
-        return math.isfinite(first.item())
+        return math.isfinite(_host_read(first)[0])
     with torch.no_grad():  # no autograd node for the stack (cheaper than detaching each part)
         scalars = [first, *(r.sum() for r in sums)]  # finite iff every term is
         if noise is not None:
@@ -137,7 +152,7 @@ def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object
         n_finite = len(scalars) - (noise is not None)
         for _, t in deferred or ():
             scalars += simplex_row_stats(t)
-        vals = torch.stack(scalars).tolist()  # the one host read
+        vals = _host_read(torch.stack(scalars))  # the one host read
     if not all(math.isfinite(v) for v in vals[:n_finite]):
         return False
     if noise is not None and not abs(vals[n_finite] - 1.0) <= simplex_atol(q.dtype):

@@ -256,12 +256,15 @@ class SoftTargetInfoNCE(nn.Module):
 
         With ``validate_args`` the logits are checked on the row sums and per-row losses
         computed anyway (see :func:`soft_target_infonce`); no (N, C) scan when they are finite.
-        So are dense targets with in-batch negatives (their row sums and minimum join the same
-        host read); in the other modes they are checked before they reach the queue or the
-        negatives' biases. An empty batch gives 0 (``"mean"``/``"sum"``, zero gradient) or an
+        So are dense targets with in-batch negatives on one process (their row sums and minimum
+        join the same host read); in the other modes, and when the targets are gathered across
+        ranks, they are checked first, so bad rows never reach the queue, the negatives' biases
+        or another rank. An empty batch gives 0 (``"mean"``/``"sum"``, zero gradient) or an
         empty tensor."""
         logits = check_logits(logits, False)
-        deferred: list | None = [] if self.negatives == "batch" and self._step is None else None
+        local = not (self.gather_distributed and is_distributed())
+        deferred: list | None = ([] if self.negatives == "batch" and self._step is None and local
+                                 else None)
         tgt = self._prepare(logits, targets, deferred)
         with _no_autocast(logits.device):
             scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / self.temperature)
