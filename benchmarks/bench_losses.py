@@ -140,11 +140,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step(fn: Callable, z: torch.Tensor, data: Data) -> float:
+def step(fn: Callable, z: torch.Tensor, data: Data, read: bool = True) -> float | None:
+    """One forward+backward; with ``read`` the loss value (a host read: on a GPU a sync)."""
     z.grad = None
     loss = fn(z, data)
     loss.backward()
-    return float(loss.detach())
+    return float(loss.detach()) if read else None
 
 
 @contextlib.contextmanager
@@ -195,14 +196,14 @@ def time_method(fn: Callable, z: torch.Tensor, data: Data, device: torch.device,
     ``min_repeats``, at most ``repeats``, no new one once ``budget_s`` seconds have passed."""
     value, peak = peak_memory_step(fn, z, data, device)
     for _ in range(warmup - 1):
-        step(fn, z, data)
+        step(fn, z, data, read=False)
     sync(device)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < repeats and (len(times) < min_repeats or
                                     time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
-        step(fn, z, data)
+        step(fn, z, data, read=False)
         sync(device)
         times.append(time.perf_counter() - t0)
     return value, peak, times
@@ -218,8 +219,8 @@ def paired_ratio(fa: Callable, fb: Callable, z: torch.Tensor, data: Data, device
     the mercy of timer and scheduler noise, a block of them is not."""
     def once(fn: Callable, calls: int = 1) -> float:
         t0 = time.perf_counter()
-        for _ in range(calls):
-            step(fn, z, data)
+        for _ in range(calls):  # no host read per call: a +v method's own sync is what is timed
+            step(fn, z, data, read=False)
         sync(device)
         return time.perf_counter() - t0
 
