@@ -141,7 +141,11 @@ def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object
     sums = [r for r in (row_sums, getattr(scorer, "row_sums", None)) if r is not None]
     if noise is None and not deferred and not sums:
         return math.isfinite(_host_read(first)[0])
-    with torch.no_grad():  # no autograd node for the stack (cheaper than detaching each part)
+    with torch.no_grad():  # no autograd nodes (cheaper than detaching each part)
+        if noise is None and not deferred:  # finiteness only: adds and one item, no stack
+            for r in sums:
+                first = first + r.sum()
+            return math.isfinite(_host_read(first)[0])
         scalars = [first, *(r.sum() for r in sums)]  # finite iff every term is
         if noise is not None:
             q, log_q = noise
