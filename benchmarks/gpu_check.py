@@ -17,7 +17,10 @@ It writes ``gpu_check.json`` and prints a table. Sections:
    gloo on CPU);
 5. ``compile``: ``torch.compile`` of the loss, equal to eager;
 6. ``no_sync``: on CUDA, a training step with ``validate_args=False`` under
-   ``torch.cuda.set_sync_debug_mode("error")`` (any host synchronisation raises).
+   ``torch.cuda.set_sync_debug_mode("error")`` (any host synchronisation raises); and the
+   synchronisations of one ``validate_args=True`` call counted in "warn" mode: one for dense
+   targets or ``SoftTargets`` with a noise vector (all checks in one read), two with integer
+   labels.
 Every section records ``ok`` and its numbers; a failing section does not stop the others.
 """
 
@@ -221,7 +224,38 @@ def no_sync(device: torch.device, quick: bool) -> dict[str, Any]:
         ok, err = False, str(e)[:500]
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    return {"ok": ok, "error": err}
+    syncs = checked_syncs(device, soft)
+    expected = {"dense+noise": 1, "SoftTargets+noise": 1, "labels+noise": 2}
+    return {"ok": ok and syncs == expected, "error": err, "checked_syncs": syncs,
+            "expected_syncs": expected}
+
+
+def checked_syncs(device: torch.device, soft: Any) -> dict[str, int]:
+    """Synchronisations of one ``validate_args=True`` call (sync debug mode "warn", counted):
+    the value checks promise one host read per call, plus one for integer labels (their range,
+    read before they index anything)."""
+    import warnings
+
+    from softnce import soft_target_infonce
+
+    n, c = len(soft), soft.num_classes
+    z = torch.randn(n, c, device=device)
+    q = torch.full((c,), 1.0 / c, device=device)
+    cases = {"dense+noise": soft.to_dense(), "SoftTargets+noise": soft,
+             "labels+noise": torch.randint(0, c, (n,), device=device)}
+    out = {}
+    for name, t in cases.items():
+        soft_target_infonce(z, t, q)  # warm-up: SoftTargets validate once, lazy init
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                soft_target_infonce(z, t, q)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        out[name] = sum("synchroniz" in str(w.message) for w in caught)
+    return out
 
 
 SECTIONS = {"exactness": exactness, "bench_losses": bench, "vit_step": vit_step,

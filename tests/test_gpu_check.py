@@ -30,3 +30,22 @@ def test_gpu_check_rejects_unknown_section(tmp_path):
                         "cpu", "--sections", "nope", "--output-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown section" in r.stderr
+
+
+def test_checked_syncs_runs_on_cpu(monkeypatch):
+    """The sync counter of the ``no_sync`` section runs only on CUDA there; here its code path
+    runs on CPU with the CUDA calls stubbed (nothing synchronises on CPU: every count is 0)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    modes = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    soft, _ = gpu_check._targets(8, 5, torch.device("cpu"))
+    counts = gpu_check.checked_syncs(torch.device("cpu"), soft)
+    assert counts == {"dense+noise": 0, "SoftTargets+noise": 0, "labels+noise": 0}
+    assert modes == ["warn", "default"] * 3
