@@ -107,9 +107,10 @@ def _check_call(
 
 
 def _host_read(t: torch.Tensor) -> list[float]:
-    """The values of a 0-d or 1-d ``t`` on the host, as a list. Under ``torch.func.vmap`` values cannot be
-    read: that case raises a ``RuntimeError`` that says so and what to do, instead of torch's
-    "Cannot access data pointer" (nothing is checked on the happy path: the error is caught)."""
+    """The values of a 0-d or 1-d ``t`` on the host, as a list. Under ``torch.func.vmap``
+    values cannot be read: that case raises a ``RuntimeError`` that says so and what to do,
+    instead of torch's "Cannot access data pointer" (nothing is checked on the happy path: the
+    error is caught)."""
     try:
         return [t.item()] if t.dim() == 0 else t.tolist()
     except RuntimeError as e:
