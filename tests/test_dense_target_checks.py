@@ -24,7 +24,13 @@ from softnce import (
     soft_target_cross_entropy,
     soft_target_infonce,
 )
-from softnce._validation import check_simplex_rows, simplex_row_stats, simplex_stats_ok
+from softnce._validation import (
+    check_labels,
+    check_simplex_rows,
+    read_scalars,
+    simplex_row_stats,
+    simplex_stats_ok,
+)
 from test_loss_speed_paths import _count_host_reads
 
 N, C = 4, 5
@@ -78,7 +84,7 @@ def _calls(q: torch.Tensor | None):
 
 @pytest.mark.parametrize("kind", sorted(BAD_MSG))
 @pytest.mark.parametrize("call", sorted(_calls(None)))
-def test_bad_dense_targets_raise_the_eager_message(kind, call):
+def test_bad_dense_targets_raise_the_eager_message(kind, call, read_mode):
     y = _bad(kind)
     name = "negatives" if call.endswith("(negatives)") else "targets"
     msg = BAD_MSG[kind].replace("targets", name, 1)
@@ -189,7 +195,7 @@ def test_shape_errors_come_before_value_errors():
 
 
 @pytest.mark.parametrize("form", ["dense", "labels", "soft"])
-def test_vmap_with_validation_says_what_to_do(form):
+def test_vmap_with_validation_says_what_to_do(form, read_mode):
     labels = torch.tensor([0, 1, 2, 3])
     t = {"dense": _good(), "labels": labels,
          "soft": SoftTargets.label_smoothing(labels, C, 0.1)}[form]
@@ -198,3 +204,47 @@ def test_vmap_with_validation_says_what_to_do(form):
         torch.func.vmap(lambda a: soft_target_infonce(a, t))(zs)
     out = torch.func.vmap(lambda a: soft_target_infonce(a, t, validate_args=False))(zs)
     torch.testing.assert_close(out, torch.stack([soft_target_infonce(a, t) for a in zs]))
+
+
+def test_read_scalars_reads_each_value_on_the_cpu_and_stacks_elsewhere(monkeypatch):
+    """On the CPU each value is read as it is (no stack: on a small problem the stack and the
+    Python around it were most of the checks' cost); the accelerator's way, one stack and one
+    read, gives the same numbers (forced here), ints staying ints."""
+    import softnce._validation as V
+
+    ts = [torch.tensor(1.5), torch.tensor(float("nan")), torch.tensor(-2.0, dtype=torch.float64)]
+    stacks = []
+    real_stack = torch.stack
+    monkeypatch.setattr(torch, "stack", lambda *a, **k: (stacks.append(1), real_stack(*a, **k))[1])
+    with _count_host_reads(batched=False) as reads:
+        each = read_scalars(ts)
+    assert not stacks and reads == ["item"] * 3
+    with _count_host_reads() as reads:  # the accelerator's way, forced
+        batched = read_scalars(ts)
+    assert len(stacks) == 1 and reads == ["tolist"]
+    assert each[0] == batched[0] == 1.5 and each[2] == batched[2] == -2.0
+    assert math.isnan(each[1]) and math.isnan(batched[1])
+    assert not V.BATCH_READS_ON_CPU  # restored
+    lo, hi = read_scalars(torch.aminmax(torch.tensor([3, 0, 2])))
+    assert (lo, hi) == (0, 3) and isinstance(lo, int)
+    check_labels("targets", torch.tensor([0, 4]), 5, 2, True)
+    with pytest.raises(ValueError, match=r"found values in \[0, 5\]"):
+        check_labels("targets", torch.tensor([0, 5]), 5, 2, True)
+
+
+@pytest.mark.parametrize("call", sorted(_calls(None)))
+def test_validated_loss_builds_no_stack_on_the_cpu(call, monkeypatch):
+    """The CPU path of the checks reads each value and builds no stack of them (the stack is
+    the accelerator's one read)."""
+    q = torch.full((C,), 1.0 / C)
+    fn = _calls(q)[call]
+    z = torch.randn(N, C, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    y = _good()
+    fn(z, y)
+    stacks = []
+    real_stack = torch.stack
+    monkeypatch.setattr(torch, "stack", lambda *a, **k: (stacks.append(1), real_stack(*a, **k))[1])
+    loss = fn(z, y)
+    assert not stacks
+    loss.backward()
+    assert torch.isfinite(z.grad).all()

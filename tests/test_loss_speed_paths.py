@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import softnce._scores as L
+import softnce._validation as _validation
 from reference import RefQueue, ref_batch_infonce, ref_separated_infonce, ref_soft_target_ce
 from softnce import (
     InfoNCE,
@@ -213,9 +214,11 @@ def test_validate_args_false_reads_no_value_on_the_host(form):
 
 
 @contextlib.contextmanager
-def _count_host_reads():
-    """Count the Python-level reads of tensor values on the host (each one a synchronisation
-    on a GPU); yields a list whose length is the count."""
+def _count_host_reads(batched: bool = True):
+    """Count the Python-level reads of tensor values on the host as an accelerator would do
+    them (each one a synchronisation on a GPU): the checks are switched to their accelerator
+    form, one stack and one read (``batched=False`` keeps the CPU's form, a read of each value,
+    which is no synchronisation there). Yields a list of the reads' names."""
     names = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist")
     saved = {n: getattr(torch.Tensor, n) for n in names}
     reads: list[str] = []
@@ -226,13 +229,16 @@ def _count_host_reads():
             return saved[name](self, *a, **k)
         return read
 
+    saved_policy = _validation.BATCH_READS_ON_CPU
     try:
+        _validation.BATCH_READS_ON_CPU = batched
         for n in names:
             setattr(torch.Tensor, n, counting(n))
         yield reads
     finally:
         for n, f in saved.items():
             setattr(torch.Tensor, n, f)
+        _validation.BATCH_READS_ON_CPU = saved_policy
 
 
 @pytest.mark.parametrize("form", ["k1-smooth", "k2-uniform", "k3-no-uniform"])
@@ -270,7 +276,7 @@ _BAD_NOISE_MSG = {"nan": "must be finite", "inf": "must be finite",
 
 @pytest.mark.parametrize("bad", sorted(_BAD_NOISE))
 @pytest.mark.parametrize("target_form", ["labels", "k2-uniform", "k3-no-uniform", "dense"])
-def test_bad_noise_raises_through_the_folded_check(bad, target_form):
+def test_bad_noise_raises_through_the_folded_check(bad, target_form, read_mode):
     """The noise check runs inside the result's scalar now: every bad vector still raises the
     eager check's message, also when no target puts mass on the bad class, when the logits
     are bad too (the noise is named first), for an empty batch, and in both functions."""

@@ -19,6 +19,10 @@ from softnce._validation import (
     check_temperature,
     diagnose_logits,
     diagnose_simplex_rows,
+    host_read,
+    raise_read_error,
+    read_scalars,
+    reads_each,
     simplex_atol,
     simplex_row_stats,
     simplex_stats_ok,
@@ -27,10 +31,11 @@ from softnce.targets import SoftTargets
 
 Targets = torch.Tensor | SoftTargets
 NEGATIVES = ("batch", "queue", "sampled", "simplex")
-
-
-Targets = torch.Tensor | SoftTargets
-NEGATIVES = ("batch", "queue", "sampled", "simplex")
+_ACC_DTYPES = (torch.float32, torch.float64)  # reductions accumulate in these as they are
+#: A dense target matrix whose value check the loss folds into its read: (name, rows, stats).
+Deferred = tuple[str, torch.Tensor, tuple[torch.Tensor, ...]]
+#: A noise vector and its check's stats, ``(q, (sum(log q), sum(q)))`` (:func:`_noise_check`).
+NoiseCheck = tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -51,15 +56,17 @@ def prepare_targets(
     batch_size: int | None,
     validate_args: bool = True,
     name: str = "targets",
-    deferred: list[tuple[str, torch.Tensor]] | None = None,
+    deferred: list[Deferred] | None = None,
 ) -> Targets:
     """Normalise ``targets`` to a dense (N, C) float tensor or :class:`SoftTargets`.
 
     Integer labels (N,) become one-hot ``SoftTargets`` (k = 1). Shapes are always checked; values
     (ranges, non-negativity, rows summing to 1) when ``validate_args`` -- for ``SoftTargets``
     once per batch (it remembers that it passed). With a ``deferred`` list, the value check of
-    dense targets is not run here but appended as ``(name, targets)``, for the loss to fold it
-    into its one host read (:func:`_checked_reduce`); shapes are still checked at once.
+    dense targets is not read here: their :func:`simplex_row_stats` are computed now, before
+    the loss's big ops (measured cheaper there than after them at small sizes), and appended
+    as ``(name, targets, stats)`` for the loss to read with its own (:func:`_checked_reduce`);
+    shapes are still checked at once.
     """
     if isinstance(targets, SoftTargets):
         if targets.num_classes != num_classes:
@@ -87,13 +94,13 @@ def prepare_targets(
     defer = validate_args and deferred is not None
     dense = check_dense_targets(name, targets, num_classes, batch_size, validate_args and not defer)
     if defer and dense.numel():
-        deferred.append((name, dense))
+        deferred.append((name, dense, simplex_row_stats(dense)))
     return dense
 
 
 def _check_call(
     logits: object, targets: object, temperature: object, reduction: object, validate_args: bool,
-    deferred: list[tuple[str, torch.Tensor]] | None = None,
+    deferred: list[Deferred] | None = None,
 ) -> tuple[torch.Tensor, Targets, float, str]:
     """The checks every functional loss runs first; returns the normalised arguments.
 
@@ -106,26 +113,10 @@ def _check_call(
     return logits, prepare_targets(targets, c, n, validate_args, deferred=deferred), tau, reduction
 
 
-def _host_read(t: torch.Tensor) -> list[float]:
-    """The values of a 0-d or 1-d ``t`` on the host, as a list. Under ``torch.func.vmap``
-    values cannot be read: that case raises a ``RuntimeError`` that says so and what to do,
-    instead of torch's "Cannot access data pointer" (nothing is checked on the happy path: the
-    error is caught)."""
-    try:
-        return [t.item()] if t.dim() == 0 else t.tolist()
-    except RuntimeError as e:
-        if torch._C._functorch.is_functorch_wrapped_tensor(t):
-            raise RuntimeError(
-                "validate_args=True reads values on the host to check them, which a torch.func "
-                "transform such as vmap cannot do; pass validate_args=False inside the "
-                "transform (and check the inputs outside it)") from e
-        raise
-
-
 def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object,
                 row_sums: torch.Tensor | None,
-                noise: tuple[torch.Tensor, torch.Tensor] | None = None,
-                deferred: list[tuple[str, torch.Tensor]] | None = None) -> bool:
+                noise: NoiseCheck | None = None,
+                deferred: list[Deferred] | None = None) -> bool:
     """The value checks of one call read in one host synchronisation (False: run the slow path).
 
     Finiteness of the logits is checked on what was computed from them (no (N, C) pass): a NaN
@@ -134,45 +125,62 @@ def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object
     scalars read are the (already computed) reduced loss and the sums of the row sums, finite
     iff every term is -- unless a sum of finite terms overflows; then the slow path finds
     nothing wrong and returns. ``noise = (q, log q)`` adds ``sum(log q)`` (-inf or NaN for an
-    entry <= 0 or NaN) and ``sum(q)``, within :func:`simplex_atol` of one. The scalars go to the
-    host together (one ``stack``, one read): a few tiny ops, because the checks run on every
-    call and each op counts at small sizes (measured by ``benchmarks/bench_losses.py``).
-    ``deferred`` dense target matrices add their :func:`simplex_row_stats` to the same read."""
+    entry <= 0 or NaN) and ``sum(q)``, within :func:`simplex_atol` of one. ``deferred`` dense
+    target matrices add their :func:`simplex_row_stats`. The scalars go to the host together
+    (:func:`read_scalars`: one stack and one read on an accelerator); on the CPU each is read as
+    it comes (:func:`reads_each`). A few tiny ops, because the checks run on every call and each
+    op, and the Python around it, counts at small sizes (``benchmarks/bench_losses.py``)."""
     first = reduced if reduced is not None and reduced.dim() == 0 else loss.sum()
-    sums = [r for r in (row_sums, getattr(scorer, "row_sums", None)) if r is not None]
-    if noise is None and not deferred and not sums:
-        return math.isfinite(_host_read(first)[0])
-    with torch.no_grad():  # no autograd nodes (cheaper than detaching each part)
-        if noise is None and not deferred:  # finiteness only: adds and one item, no stack
-            for r in sums:
-                first = first + r.sum()
-            return math.isfinite(_host_read(first)[0])
-        scalars = [first, *(r.sum() for r in sums)]  # finite iff every term is
-        if noise is not None:
-            q, log_q = noise
-            qsum = q.sum(dtype=None if q.dtype in (torch.float32, torch.float64)
-                         else torch.float32)
-            scalars += [log_q.sum(), qsum if qsum.device == first.device
-                        else qsum.to(first.device)]
-        n_finite = len(scalars) - (noise is not None)
-        for _, t in deferred or ():
-            scalars += simplex_row_stats(t)
-        vals = _host_read(torch.stack(scalars))  # the one host read
-    if not all(math.isfinite(v) for v in vals[:n_finite]):
+    rs = getattr(scorer, "row_sums", None)
+    if reads_each(first):
+        try:
+            return (math.isfinite(first.item())
+                    and (row_sums is None or math.isfinite(row_sums.sum().item()))
+                    and (rs is None or math.isfinite(rs.sum().item()))
+                    and (noise is None or _noise_ok([t.item() for t in noise[1]], noise[0].dtype))
+                    and all(simplex_stats_ok([v.item() for v in st], t.dtype)
+                            for _, t, st in deferred or ()))
+        except RuntimeError as e:
+            raise_read_error(e, (first,))
+    scalars = [first]  # finite iff every term is
+    for r in (row_sums, rs):
+        if r is not None:
+            scalars.append(r.sum())
+    n = len(scalars)
+    if noise is not None:
+        scalars.extend(noise[1])
+    for _, _, st in deferred or ():
+        scalars.extend(st)
+    if len(scalars) == 1:
+        return math.isfinite(host_read(first)[0])
+    vals = read_scalars(scalars)  # the one host read
+    if not all(math.isfinite(v) for v in vals[:n]):
         return False
-    if noise is not None and not abs(vals[n_finite] - 1.0) <= simplex_atol(q.dtype):
-        return False
-    k = n_finite + (noise is not None)
-    return all(simplex_stats_ok(vals[k + 3 * i:k + 3 * i + 3], t.dtype)
-               for i, (_, t) in enumerate(deferred or ()))
+    if noise is not None:
+        if not _noise_ok(vals[n:n + 2], noise[0].dtype):
+            return False
+        n += 2
+    return all(simplex_stats_ok(vals[n + 3 * i:n + 3 * i + 3], t.dtype)
+               for i, (_, t, _) in enumerate(deferred or ()))
+
+
+def _noise_stats(q: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum(log q), sum(q))``: judged by :func:`_noise_ok`."""
+    return log_q.sum(), (q.sum() if q.dtype in _ACC_DTYPES else q.sum(dtype=torch.float32))
+
+
+def _noise_ok(vals: list[float], dtype: torch.dtype) -> bool:
+    """``sum(log q)`` finite (every entry positive and finite) and ``sum(q)`` within
+    :func:`simplex_atol` of one (False for NaN)."""
+    return math.isfinite(vals[0]) and abs(vals[1] - 1.0) <= simplex_atol(dtype)
 
 
 def _checked_reduce(logits: torch.Tensor, loss: torch.Tensor, reduction: str,
                     validate_args: bool, scorer: object = None,
                     row_sums: torch.Tensor | None = None,
                     temperature: float | None = None,
-                    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    deferred: list[tuple[str, torch.Tensor]] | None = None) -> torch.Tensor:
+                    noise: NoiseCheck | None = None,
+                    deferred: list[Deferred] | None = None) -> torch.Tensor:
     """:func:`_reduce`, then (with ``validate_args``) the one-scalar check of
     :func:`_all_finite` on the reduced value, which the loss computes anyway. Only if it fails
     are the inputs scanned, for the same messages as an eager check, in the eager order: the
@@ -180,7 +188,7 @@ def _checked_reduce(logits: torch.Tensor, loss: torch.Tensor, reduction: str,
     (:func:`check_probability_vector`), then the logits (:func:`diagnose_logits`)."""
     out = _reduce(loss, reduction)
     if validate_args and not _all_finite(loss, out, scorer, row_sums, noise, deferred):
-        for name, t in deferred or ():
+        for name, t, _ in deferred or ():
             diagnose_simplex_rows(name, t)
         if noise is not None:
             check_probability_vector("noise_probs", noise[0], None, True)
@@ -407,10 +415,15 @@ def _log_noise(
     return q.to(device=device, dtype=dtype).log()
 
 
-def _noise_check(noise_probs: torch.Tensor | None, log_q: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The ``noise`` argument of :func:`_checked_reduce` (``None`` without a noise vector)."""
-    return None if noise_probs is None or log_q is None else (noise_probs, log_q)
+def _noise_check(noise_probs: torch.Tensor | None, log_q: torch.Tensor | None,
+                 validate_args: bool = True) -> NoiseCheck | None:
+    """The ``noise`` argument of :func:`_checked_reduce` (``None`` without a noise vector or
+    without ``validate_args``): the vector and its stats, computed now -- before the loss's big
+    ops, where the tiny reductions were measured cheaper than after them -- and read with the
+    loss's own scalars."""
+    if not validate_args or noise_probs is None or log_q is None:
+        return None
+    return noise_probs, _noise_stats(noise_probs, log_q)
 
 
 _WARNED_FEW_CANDIDATES = False

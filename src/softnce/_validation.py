@@ -16,7 +16,9 @@ Vocabulary (use these rather than re-writing a check):
 * :func:`check_labels` -- integer class labels (N,) in ``[0, C)``;
 * :func:`check_logits` -- a 2-D floating tensor (shape/type); :func:`diagnose_logits` -- the
   finiteness diagnosis, run by the losses only when a cheap check on their result failed;
-* :func:`check_reduction`, :func:`check_tensor`, :func:`check_float_dtype`.
+* :func:`check_reduction`, :func:`check_tensor`, :func:`check_float_dtype`;
+* :func:`read_scalars` -- the one way a check reads its 0-d results on the host
+  (:func:`reads_each` says whether they are read one by one, on the CPU).
 
 Wording: ``"<name> must ...; found ..."``; ``ValueError`` for bad values and shapes, ``TypeError``
 for bad types.
@@ -50,14 +52,69 @@ __all__ = [
     "check_tensor",
     "diagnose_logits",
     "diagnose_simplex_rows",
+    "read_scalars",
+    "reads_each",
     "simplex_atol",
     "simplex_row_stats",
+    "simplex_rows_ok",
     "simplex_stats_ok",
 ]
 
 
 def _fmt_shape(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
+
+
+#: Tests set this to make the checks read as on an accelerator (one stack, one read) on the
+#: CPU too, to count the synchronisations a GPU would make (:func:`reads_each`).
+BATCH_READS_ON_CPU = False
+
+
+def reads_each(t: torch.Tensor) -> bool:
+    """Whether a check reads the values it computed one by one, as they come (CPU tensors:
+    there a read is no synchronisation), rather than stacked for one read (:func:`read_scalars`;
+    every other device). On the CPU no stack, list or ``no_grad`` is built: those tiny ops and
+    the Python around them were most of what the checks cost at small sizes (measured by
+    ``benchmarks/bench_losses.py`` at N=256, C=100)."""
+    return t.is_cpu and not BATCH_READS_ON_CPU
+
+
+def raise_read_error(e: RuntimeError, tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]
+                     ) -> None:
+    """Re-raise ``e``, a failed host read of ``tensors``. Under ``torch.func.vmap`` values
+    cannot be read: then the error says so and what to do, instead of torch's "Cannot access
+    data pointer" (nothing is checked on the happy path: callers catch the error)."""
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        raise RuntimeError(
+            "validate_args=True reads values on the host to check them, which a torch.func "
+            "transform such as vmap cannot do; pass validate_args=False inside the "
+            "transform (and check the inputs outside it)") from e
+    raise e
+
+
+def host_read(t: torch.Tensor) -> list:
+    """The values of a 0-d or 1-d ``t`` on the host, as a list (one synchronisation)."""
+    try:
+        return [t.item()] if t.dim() == 0 else t.tolist()
+    except RuntimeError as e:
+        raise_read_error(e, (t,))
+
+
+def read_scalars(scalars: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list:
+    """The values of 0-d tensors as Python numbers, in *one* host synchronisation: stacked (on
+    the first one's device) and read once; on the CPU (:func:`reads_each`) each is read."""
+    first = scalars[0]
+    try:
+        if reads_each(first):
+            return [t.item() for t in scalars]
+        dev = first.device
+        with torch.no_grad():
+            return torch.stack([t if t.device == dev else t.to(dev) for t in scalars]).tolist()
+    except RuntimeError as e:
+        raise_read_error(e, scalars)
+
+
+_ATOL: dict[torch.dtype | None, float] = {}
 
 
 def simplex_atol(dtype: torch.dtype | None = None) -> float:
@@ -81,9 +138,12 @@ def simplex_atol(dtype: torch.dtype | None = None) -> float:
     bfloat16 7.8e-3  1.56e-2 (``label_smoothing(..., dtype=bfloat16)`` rows sum to 0.998535)
     ======== ======= =====================================================================
     """
-    if dtype is None or not dtype.is_floating_point:
-        return SIMPLEX_ATOL
-    return max(SIMPLEX_ATOL, 2.0 * torch.finfo(dtype).eps)
+    atol = _ATOL.get(dtype)  # cached: the losses ask on every call
+    if atol is None:
+        atol = (SIMPLEX_ATOL if dtype is None or not dtype.is_floating_point
+                else max(SIMPLEX_ATOL, 2.0 * torch.finfo(dtype).eps))
+        _ATOL[dtype] = atol
+    return atol
 
 
 def check_tensor(name: str, value: object) -> torch.Tensor:
@@ -199,7 +259,7 @@ def check_labels(
             f"{name} must have N={batch_size} rows (the batch size of logits); found {labels.shape[0]}"
         )
     if validate_args and labels.numel():
-        lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one host read for both
+        lo, hi = read_scalars(torch.aminmax(labels))  # one host read for both
         if lo < 0 or hi >= num_classes:
             raise ValueError(
                 f"{name} must hold class indices in [0, {num_classes - 1}]; found values in "
@@ -234,7 +294,7 @@ def check_simplex_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
     summation, is negligible against the 1e-3 floor of :func:`simplex_atol`."""
     if not rows.numel():
         return rows
-    if simplex_stats_ok(torch.stack(simplex_row_stats(rows)).tolist(), rows.dtype):
+    if simplex_rows_ok(rows):
         return rows
     diagnose_simplex_rows(name, rows)
     return rows
@@ -249,6 +309,12 @@ def simplex_row_stats(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
     sums = rows.sum(dim=1, dtype=acc)  # NaN/inf entries make their row sum non-finite
     lo, hi = torch.aminmax(sums)
     return lo, hi, rows.amin()
+
+
+def simplex_rows_ok(rows: torch.Tensor) -> bool:
+    """Whether a non-empty (M, C) matrix passes :func:`simplex_row_stats`, read now (one host
+    read; the losses fold the stats into theirs instead)."""
+    return simplex_stats_ok(read_scalars(simplex_row_stats(rows)), rows.dtype)
 
 
 def simplex_stats_ok(stats: list[float], dtype: torch.dtype) -> bool:

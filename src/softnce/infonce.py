@@ -86,9 +86,10 @@ def soft_target_infonce(
     with _no_autocast(logits.device):
         scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / tau)
         log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, False)
+        noise = _noise_check(noise_probs, log_q, validate_args)
         loss = batch_infonce_rows(scorer, tgt, log_q)
     return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau,
-                           noise=_noise_check(noise_probs, log_q), deferred=deferred)
+                           noise=noise, deferred=deferred)
 
 
 def separated_infonce(
@@ -138,9 +139,10 @@ def separated_infonce(
     with _no_autocast(logits.device):
         scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / tau)
         log_q = _log_noise(noise_probs, c, scorer.dtype, scorer.device, False)
+        noise = _noise_check(noise_probs, log_q, validate_args)
         loss = separated_infonce_rows(scorer, tgt, neg, log_q, positive_bias, negative_bias)
     return _checked_reduce(logits, loss, reduction, validate_args, scorer, temperature=tau,
-                           noise=_noise_check(noise_probs, log_q), deferred=deferred)
+                           noise=noise, deferred=deferred)
 
 
 # ------------------------------------------------------------------------------ modules
@@ -247,7 +249,7 @@ class SoftTargetInfoNCE(nn.Module):
 
     # ------------------------------------------------------------------- targets
     def _prepare(self, logits: torch.Tensor, targets: object,
-                 deferred: list[tuple[str, torch.Tensor]] | None = None) -> Targets:
+                 deferred: list | None = None) -> Targets:
         n, c = logits.shape
         return prepare_targets(targets, c, n, self.validate_args, deferred=deferred)
 
@@ -565,7 +567,7 @@ class InfoNCE(SoftTargetInfoNCE):
     """
 
     def _prepare(self, logits: torch.Tensor, targets: object,
-                 deferred: list[tuple[str, torch.Tensor]] | None = None) -> Targets:
+                 deferred: list | None = None) -> Targets:
         self._check_labels_type(targets)
         return super()._prepare(logits, targets, deferred)
 
