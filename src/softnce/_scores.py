@@ -132,14 +132,23 @@ def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object
     op, and the Python around it, counts at small sizes (``benchmarks/bench_losses.py``)."""
     first = reduced if reduced is not None and reduced.dim() == 0 else loss.sum()
     rs = getattr(scorer, "row_sums", None)
-    if reads_each(first):
+    if reads_each(first):  # straight-line reads: no lists or generators on the hot path
         try:
-            return (math.isfinite(first.item())
-                    and (row_sums is None or math.isfinite(row_sums.sum().item()))
-                    and (rs is None or math.isfinite(rs.sum().item()))
-                    and (noise is None or _noise_ok([t.item() for t in noise[1]], noise[0].dtype))
-                    and all(simplex_stats_ok([v.item() for v in st], t.dtype)
-                            for _, t, st in deferred or ()))
+            if not math.isfinite(first.item()):
+                return False
+            if row_sums is not None and not math.isfinite(row_sums.sum().item()):
+                return False
+            if rs is not None and not math.isfinite(rs.sum().item()):
+                return False
+            if noise is not None:
+                lsum, qsum = noise[1]
+                if not _noise_ok((lsum.item(), qsum.item()), noise[0].dtype):
+                    return False
+            if deferred:
+                for _, t, (lo, hi, m) in deferred:
+                    if not simplex_stats_ok((lo.item(), hi.item(), m.item()), t.dtype):
+                        return False
+            return True
         except RuntimeError as e:
             raise_read_error(e, (first,))
     scalars = [first]  # finite iff every term is
@@ -169,7 +178,7 @@ def _noise_stats(q: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, to
     return log_q.sum(), (q.sum() if q.dtype in _ACC_DTYPES else q.sum(dtype=torch.float32))
 
 
-def _noise_ok(vals: list[float], dtype: torch.dtype) -> bool:
+def _noise_ok(vals: tuple[float, ...] | list[float], dtype: torch.dtype) -> bool:
     """``sum(log q)`` finite (every entry positive and finite) and ``sum(q)`` within
     :func:`simplex_atol` of one (False for NaN)."""
     return math.isfinite(vals[0]) and abs(vals[1] - 1.0) <= simplex_atol(dtype)

@@ -317,7 +317,7 @@ def simplex_rows_ok(rows: torch.Tensor) -> bool:
     return simplex_stats_ok(read_scalars(simplex_row_stats(rows)), rows.dtype)
 
 
-def simplex_stats_ok(stats: list[float], dtype: torch.dtype) -> bool:
+def simplex_stats_ok(stats: tuple[float, ...] | list[float], dtype: torch.dtype) -> bool:
     """Whether :func:`simplex_row_stats`, read to the host, pass (False for NaN too)."""
     atol = simplex_atol(dtype)
     return 1.0 - atol <= stats[0] and stats[1] <= 1.0 + atol and stats[2] >= 0
