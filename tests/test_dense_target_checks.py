@@ -1,7 +1,8 @@
 """Dense soft targets checked inside the loss's one host read (issue 13, "checks for free").
 
-With ``validate_args=True`` the row sums and the minimum of dense (N, C) targets are stacked
-with the loss's own scalars (finiteness, noise) and read to the host once. The contract stays:
+With ``validate_args=True`` the row sums and the minimum of dense (N, C) targets are read to
+the host with the loss's own scalars (finiteness, noise): stacked and read once on an
+accelerator, one by one on the CPU (where a read is no synchronisation). The contract stays:
 every bad matrix raises the eager check's ``ValueError`` with the same message, through the
 functions and the modules. The order: shape and type errors of any argument first (they are
 checked before anything is computed), then value errors, targets before the noise and the

@@ -148,7 +148,7 @@ def test_targets_requiring_grad_fall_back_to_autograd():
 # ------------------------------------------------------------------ validation on derived values
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("form", ["labels", "k2-uniform", "dense-onehot", "k3-no-uniform"])
-def test_nonfinite_logit_in_an_unused_column_still_raises(bad, form):
+def test_nonfinite_logit_in_an_unused_column_still_raises(bad, form, read_mode):
     """Column 4 carries no target mass in any row: the value never reaches a score except
     through the row sums (sparse) or the 0 * x products of the dense GEMM."""
     gen = torch.Generator().manual_seed(4)
@@ -169,7 +169,7 @@ def test_nonfinite_logit_in_an_unused_column_still_raises(bad, form):
             call()
 
 
-def test_scores_overflow_from_finite_logits_raises_naming_it():
+def test_scores_overflow_from_finite_logits_raises_naming_it(read_mode):
     z = torch.tensor([[3e38, 0.0], [0.0, 1.0]])
     with pytest.raises(ValueError, match=r"loss must be finite.*finite logits.*overflow"):
         soft_target_infonce(z, torch.tensor([0, 1]), temperature=0.1)

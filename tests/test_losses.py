@@ -848,7 +848,7 @@ def _queue_then(z: torch.Tensor, dense: bool = True) -> torch.Tensor:
 
 @pytest.mark.parametrize("call,exc,match", [c[1:] for c in BAD_CASES],
                          ids=[c[0] for c in BAD_CASES])
-def test_bad_input_raises(call, exc, match):
+def test_bad_input_raises(call, exc, match, read_mode):
     with pytest.raises(exc, match=match):
         call()
 

@@ -124,8 +124,9 @@ def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object
     path, kept by :class:`LogitScorer`) or, through the dense product, the per-row loss. So the
     scalars read are the (already computed) reduced loss and the sums of the row sums, finite
     iff every term is -- unless a sum of finite terms overflows; then the slow path finds
-    nothing wrong and returns. ``noise = (q, log q)`` adds ``sum(log q)`` (-inf or NaN for an
-    entry <= 0 or NaN) and ``sum(q)``, within :func:`simplex_atol` of one. ``deferred`` dense
+    nothing wrong and returns. ``noise = (q, (sum(log q), sum(q)))`` (:func:`_noise_check`)
+    adds ``sum(log q)`` (-inf or NaN for an entry <= 0 or NaN) and ``sum(q)``, within
+    :func:`simplex_atol` of one. ``deferred`` dense
     target matrices add their :func:`simplex_row_stats`. The scalars go to the host together
     (:func:`read_scalars`: one stack and one read on an accelerator); on the CPU each is read as
     it comes (:func:`reads_each`). A few tiny ops, because the checks run on every call and each
@@ -416,8 +417,9 @@ def _log_noise(
     validate_args: bool,
 ) -> torch.Tensor | None:
     """``log q`` in the compute dtype; shape and dtype always checked, the values too with
-    ``validate_args`` (eagerly: one sync; the functional losses pass ``False`` and hand
-    ``(q, log q)`` to :func:`_checked_reduce` instead, which folds the check into its scalar)."""
+    ``validate_args`` (eagerly: one sync; the functional losses pass ``False`` and hand the
+    vector with its stats from :func:`_noise_check` to :func:`_checked_reduce` instead, which
+    reads them with the loss's own scalar)."""
     if noise_probs is None:
         return None
     q = check_probability_vector("noise_probs", noise_probs, num_classes, validate_args)

@@ -17,8 +17,10 @@ Vocabulary (use these rather than re-writing a check):
 * :func:`check_logits` -- a 2-D floating tensor (shape/type); :func:`diagnose_logits` -- the
   finiteness diagnosis, run by the losses only when a cheap check on their result failed;
 * :func:`check_reduction`, :func:`check_tensor`, :func:`check_float_dtype`;
-* :func:`read_scalars` -- the one way a check reads its 0-d results on the host
-  (:func:`reads_each` says whether they are read one by one, on the CPU).
+* :func:`read_scalars` -- how a check reads its 0-d results on the host: one stack and one
+  read on an accelerator, one by one on the CPU (:func:`reads_each`, which the losses' hot
+  path also follows itself); :func:`host_read` for one tensor, :func:`raise_read_error` for a
+  failed read (the message under ``torch.func.vmap``).
 
 Wording: ``"<name> must ...; found ..."``; ``ValueError`` for bad values and shapes, ``TypeError``
 for bad types.
@@ -30,6 +32,7 @@ host synchronisation; the detailed diagnosis that produces the message only runs
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 import torch
 
@@ -52,6 +55,8 @@ __all__ = [
     "check_tensor",
     "diagnose_logits",
     "diagnose_simplex_rows",
+    "host_read",
+    "raise_read_error",
     "read_scalars",
     "reads_each",
     "simplex_atol",
@@ -73,14 +78,15 @@ BATCH_READS_ON_CPU = False
 def reads_each(t: torch.Tensor) -> bool:
     """Whether a check reads the values it computed one by one, as they come (CPU tensors:
     there a read is no synchronisation), rather than stacked for one read (:func:`read_scalars`;
-    every other device). On the CPU no stack, list or ``no_grad`` is built: those tiny ops and
-    the Python around them were most of what the checks cost at small sizes (measured by
-    ``benchmarks/bench_losses.py`` at N=256, C=100)."""
-    return t.is_cpu and not BATCH_READS_ON_CPU
+    every other device). On the CPU no stack or ``no_grad`` is built: those tiny ops and the
+    Python around them were a large part of what the checks cost at small sizes (measured by
+    ``benchmarks/bench_losses.py`` at N=256, C=100). While ``torch.compile`` traces, the
+    stacked form is used (one graph break, and no warning about ``Tensor.item()``)."""
+    return t.is_cpu and not BATCH_READS_ON_CPU and not torch.compiler.is_compiling()
 
 
 def raise_read_error(e: RuntimeError, tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]
-                     ) -> None:
+                     ) -> NoReturn:
     """Re-raise ``e``, a failed host read of ``tensors``. Under ``torch.func.vmap`` values
     cannot be read: then the error says so and what to do, instead of torch's "Cannot access
     data pointer" (nothing is checked on the happy path: callers catch the error)."""
@@ -101,15 +107,17 @@ def host_read(t: torch.Tensor) -> list:
 
 
 def read_scalars(scalars: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list:
-    """The values of 0-d tensors as Python numbers, in *one* host synchronisation: stacked (on
-    the first one's device) and read once; on the CPU (:func:`reads_each`) each is read."""
+    """The values of 0-d tensors as Python numbers, in *one* host synchronisation: those on the
+    first one's device stacked and read once, any on the CPU read where they are (no copy to
+    the device and back); on the CPU (:func:`reads_each`) each is read."""
     first = scalars[0]
     try:
         if reads_each(first):
             return [t.item() for t in scalars]
         dev = first.device
         with torch.no_grad():
-            return torch.stack([t if t.device == dev else t.to(dev) for t in scalars]).tolist()
+            vals = iter(torch.stack([t for t in scalars if t.device == dev]).tolist())
+        return [next(vals) if t.device == dev else t.item() for t in scalars]
     except RuntimeError as e:
         raise_read_error(e, scalars)
 
@@ -302,9 +310,9 @@ def check_simplex_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
 
 def simplex_row_stats(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``(min row sum, max row sum, min entry)`` of a non-empty (M, C) matrix as 0-d tensors on
-    its device, nothing read on the host: a loss stacks them with its own scalars for one read,
-    and :func:`simplex_stats_ok` judges the values. Three reductions (two over the matrix, one
-    over the M sums); NaN and inf entries propagate to them."""
+    its device, nothing read on the host: a loss reads them with its own scalars
+    (:func:`read_scalars`), and :func:`simplex_stats_ok` judges the values. Three reductions
+    (two over the matrix, one over the M sums); NaN and inf entries propagate to them."""
     acc = None if rows.dtype in (torch.float32, torch.float64) else torch.float32
     sums = rows.sum(dim=1, dtype=acc)  # NaN/inf entries make their row sum non-finite
     lo, hi = torch.aminmax(sums)

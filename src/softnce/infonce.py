@@ -12,6 +12,7 @@ from torch import nn
 
 from softnce._scores import (
     NEGATIVES,
+    Deferred,
     LogitScorer,
     Targets,
     _check_call,
@@ -249,7 +250,7 @@ class SoftTargetInfoNCE(nn.Module):
 
     # ------------------------------------------------------------------- targets
     def _prepare(self, logits: torch.Tensor, targets: object,
-                 deferred: list | None = None) -> Targets:
+                 deferred: list[Deferred] | None = None) -> Targets:
         n, c = logits.shape
         return prepare_targets(targets, c, n, self.validate_args, deferred=deferred)
 
@@ -265,8 +266,8 @@ class SoftTargetInfoNCE(nn.Module):
         empty tensor."""
         logits = check_logits(logits, False)
         local = not (self.gather_distributed and is_distributed())
-        deferred: list | None = ([] if self.negatives == "batch" and self._step is None and local
-                                 else None)
+        batch_mode = self.negatives == "batch" and self._step is None and local
+        deferred: list[Deferred] | None = [] if batch_mode else None
         tgt = self._prepare(logits, targets, deferred)
         with _no_autocast(logits.device):
             scorer = LogitScorer(logits.to(_compute_dtype(logits)), 1.0 / self.temperature)
@@ -567,7 +568,7 @@ class InfoNCE(SoftTargetInfoNCE):
     """
 
     def _prepare(self, logits: torch.Tensor, targets: object,
-                 deferred: list | None = None) -> Targets:
+                 deferred: list[Deferred] | None = None) -> Targets:
         self._check_labels_type(targets)
         return super()._prepare(logits, targets, deferred)
 
