@@ -672,6 +672,30 @@ def test_torch_compile_matches_eager():
     torch._dynamo.reset()
 
 
+def test_torch_compile_with_validation_checks_and_stays_quiet(caplog):
+    """validate_args=True under torch.compile: the same value as eager, bad targets still
+    raise, and the happy path reads its checks in the stacked form (one graph break, without
+    dynamo's warning about ``Tensor.item()`` that per-value CPU reads would log)."""
+    import logging
+
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(1)
+    y = torch.softmax(torch.randn(4, 5, generator=gen), 1)
+    q = make_noise(5, gen)
+    z = torch.randn(4, 5, generator=gen)
+    compiled = torch.compile(soft_target_infonce, backend="eager")
+    with caplog.at_level(logging.WARNING):
+        out = compiled(z, y, q)
+    torch.testing.assert_close(out, soft_target_infonce(z, y, q))
+    assert not [r for r in caplog.records if "Tensor.item()" in r.getMessage()]
+    y_bad = y.clone()
+    y_bad[3, 0] -= 0.5
+    y_bad[3, 1] += 0.5
+    with pytest.raises(ValueError, match="targets must be non-negative"):
+        compiled(z, y_bad, q)
+    torch._dynamo.reset()
+
+
 # ----------------------------------------------------------------------------- noise / prior
 def test_class_prior_formula():
     labels = torch.tensor([0, 0, 2, 2, 2, 3])
