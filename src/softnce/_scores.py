@@ -63,10 +63,9 @@ def prepare_targets(
     Integer labels (N,) become one-hot ``SoftTargets`` (k = 1). Shapes are always checked; values
     (ranges, non-negativity, rows summing to 1) when ``validate_args`` -- for ``SoftTargets``
     once per batch (it remembers that it passed). With a ``deferred`` list, the value check of
-    dense targets is not read here: their :func:`simplex_row_stats` are computed now, before
-    the loss's big ops (measured cheaper there than after them at small sizes), and appended
-    as ``(name, targets, stats)`` for the loss to read with its own (:func:`_checked_reduce`);
-    shapes are still checked at once.
+    dense targets is not read here: their :func:`simplex_row_stats` are computed now (queued
+    without a sync on an accelerator) and appended as ``(name, targets, stats)`` for the loss
+    to read with its own scalars (:func:`_checked_reduce`); shapes are still checked at once.
     """
     if isinstance(targets, SoftTargets):
         if targets.num_classes != num_classes:
@@ -126,11 +125,11 @@ def _all_finite(loss: torch.Tensor, reduced: torch.Tensor | None, scorer: object
     iff every term is -- unless a sum of finite terms overflows; then the slow path finds
     nothing wrong and returns. ``noise = (q, (sum(log q), sum(q)))`` (:func:`_noise_check`)
     adds ``sum(log q)`` (-inf or NaN for an entry <= 0 or NaN) and ``sum(q)``, within
-    :func:`simplex_atol` of one. ``deferred`` dense
-    target matrices add their :func:`simplex_row_stats`. The scalars go to the host together
-    (:func:`read_scalars`: one stack and one read on an accelerator); on the CPU each is read as
-    it comes (:func:`reads_each`). A few tiny ops, because the checks run on every call and each
-    op, and the Python around it, counts at small sizes (``benchmarks/bench_losses.py``)."""
+    :func:`simplex_atol` of one. ``deferred`` dense target matrices add their
+    :func:`simplex_row_stats`. The scalars go to the host together (:func:`read_scalars`: one
+    stack and one read on an accelerator); on the CPU each is read as it comes
+    (:func:`reads_each`). A few tiny ops, because the checks run on every call and each op, and
+    the Python around it, counts at small sizes (``benchmarks/bench_checks.py``)."""
     first = reduced if reduced is not None and reduced.dim() == 0 else loss.sum()
     rs = getattr(scorer, "row_sums", None)
     if reads_each(first):  # straight-line reads: no lists or generators on the hot path
@@ -429,9 +428,8 @@ def _log_noise(
 def _noise_check(noise_probs: torch.Tensor | None, log_q: torch.Tensor | None,
                  validate_args: bool = True) -> NoiseCheck | None:
     """The ``noise`` argument of :func:`_checked_reduce` (``None`` without a noise vector or
-    without ``validate_args``): the vector and its stats, computed now -- before the loss's big
-    ops, where the tiny reductions were measured cheaper than after them -- and read with the
-    loss's own scalars."""
+    without ``validate_args``): the vector and its stats, computed now and read with the loss's
+    own scalars."""
     if not validate_args or noise_probs is None or log_q is None:
         return None
     return noise_probs, _noise_stats(noise_probs, log_q)
