@@ -9,7 +9,8 @@ Run from the repository root::
 Methods (all with the same MixUp targets, noise distribution ``q`` and temperature):
 
 * ``ours-dense``   :func:`softnce.soft_target_infonce` with dense (N, C) targets: one product
-  ``(z / tau) Y^T`` plus a per-candidate offset, O(N M C) time, O(N M + N C) memory;
+  ``(z / tau) Y^T`` plus a per-candidate offset (for C < M: ``(z / tau - log q) Y^T``, the
+  elementwise work on the smaller side), O(N M C) time, O(N M + N C) memory;
 * ``ours-ST-k1``   the same with ``SoftTargets`` label smoothing (k = 1 component + uniform mass);
 * ``ours-ST-k2``   the same with ``SoftTargets`` MixUp of smoothed labels (k = 2 + uniform);
 * ``naive-NxMxC``  the published formulation, written here:

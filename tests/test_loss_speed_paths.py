@@ -568,3 +568,29 @@ def test_step_candidates_errors():
     with pytest.raises(TypeError, match=r"InfoNCE expects integer class labels"):
         with InfoNCE().step_candidates(torch.full((3, 3), 1 / 3)):
             pass
+
+
+@pytest.mark.parametrize("n,c", [(9, 4), (4, 9), (6, 6)])  # C < M folds into the logits
+@pytest.mark.parametrize("noise", [False, True])
+@pytest.mark.parametrize("tau", [1.0, 0.3])
+def test_dense_scores_on_either_side_of_the_product_match_the_reference(n, c, noise, tau):
+    """Dense targets: with fewer classes than candidates, 1/tau and log q are folded into the
+    (N, C) logits, ``(z / tau - log q) Y^T``; otherwise into the (N, M) scores. Both match the
+    float64 loop reference, values and gradients of logits and targets."""
+    gen = torch.Generator().manual_seed(n * 10 + c)
+    z = torch.randn(n, c, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.softmax(torch.randn(n, c, generator=gen, dtype=torch.float64), 1)
+    y.requires_grad_()
+    q = None
+    if noise:
+        q = torch.rand(c, generator=gen, dtype=torch.float64) + 0.1
+        q = q / q.sum()
+    got = soft_target_infonce(z, y, q, tau, reduction="none")
+    ref = ref_batch_infonce(z, y, q, tau, reduction="none")  # loops; targets as constants
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    gz, gy = torch.autograd.grad(got.sum(), (z, y))
+    torch.testing.assert_close(gz, torch.autograd.grad(ref.sum(), z)[0], rtol=1e-10, atol=1e-12)
+    log_q = torch.zeros(c, dtype=torch.float64) if q is None else q.log()
+    direct = torch.nn.functional.cross_entropy((z / tau - log_q) @ y.T, torch.arange(n),
+                                               reduction="sum")
+    torch.testing.assert_close(gy, torch.autograd.grad(direct, y)[0], rtol=1e-10, atol=1e-12)

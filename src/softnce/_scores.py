@@ -486,9 +486,20 @@ def batch_infonce_rows(
     optional additive biases on the candidates' and the negatives' scores); used by the step
     candidates of :meth:`SoftTargetInfoNCE.step_candidates` in the queue/sampled/simplex modes."""
     scorer = _as_scorer(a)
-    s = scorer.pairwise(candidates)
-    if log_q is not None:
-        s = s - _candidate_log_noise(candidates, log_q).unsqueeze(0)
+    if (isinstance(candidates, torch.Tensor) and isinstance(scorer, LogitScorer)
+            and scorer.num_classes < candidates.shape[0]):
+        # fewer classes than candidates: fold 1/tau and log q into the (N, C) logits (one pass)
+        # instead of scaling and offsetting the (N, M) scores
+        z = scorer.z
+        if log_q is not None:
+            z = torch.add(log_q.neg(), z, alpha=scorer.scale)
+        elif scorer.scale != 1.0:
+            z = z * scorer.scale
+        s = z @ candidates.to(z.dtype).T
+    else:
+        s = scorer.pairwise(candidates)
+        if log_q is not None:
+            s = s - _candidate_log_noise(candidates, log_q).unsqueeze(0)
     if extra is not None:
         negatives, cand_bias, neg_bias = extra
         if cand_bias is not None:

@@ -22,7 +22,9 @@ predictions and calibration from ``softmax(z / tau)``. One-hot targets give hard
 Cost: the score matrix is one product ``(z / tau) Y^T`` plus a per-candidate offset
 ``-(log q) . y_j`` — O(N M C) for dense targets and O(N M k + N C) for ``SoftTargets`` with ``k``
 components — never the (N, M, C) broadcast of the published implementation. ``1 / tau`` is
-folded into the (N, M) scores (the (N, C) logits are never divided). For ``SoftTargets`` a custom
+folded into the (N, M) scores (the (N, C) logits are never divided), except for dense targets
+with fewer classes than candidates (C < M), where ``1 / tau`` and ``log q`` go into the
+smaller (N, C) side in one op: ``(z / tau - log q) Y^T``. For ``SoftTargets`` a custom
 autograd function reads the logits once forward (row sums and one column gather) and writes
 their gradient directly (one fill with the uniform part, one ``index_add_`` of the components).
 Scores are computed in float32 (float64 stays float64) with autocast disabled, so the loss is
