@@ -511,7 +511,7 @@ def batch_infonce_rows(
             if neg_bias is not None:
                 s_neg = s_neg + neg_bias.to(s_neg.dtype).unsqueeze(0)
             s = torch.cat([s, s_neg], dim=1)
-    pos = torch.arange(s.shape[0], device=s.device) + offset
+    pos = torch.arange(offset, offset + s.shape[0], device=s.device)
     # = logsumexp_j s_ij - s_i,pos(i), with the fused log-softmax kernel (fewer passes)
     return F.cross_entropy(s, pos, reduction="none")
 
