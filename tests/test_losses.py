@@ -585,17 +585,19 @@ def test_invariant_uniform_noise_equals_no_correction(n, c, seed, tau):
 
 
 # ----------------------------------------------------------------- precision and extremes
+@pytest.mark.parametrize("n,c", [(8, 10), (12, 5)])  # dense scores: either side of the product
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast_low_precision_logits(dtype):
+def test_autocast_low_precision_logits(dtype, n, c):
     gen = torch.Generator().manual_seed(3)
-    n, c = 8, 10
     z32 = torch.randn(n, c, generator=gen) * 3
     t = make_targets("mix", n, c, gen)
     q = make_noise(c, gen)
     fns = {
         "functional": lambda x: soft_target_infonce(x, t, q, 0.5),
+        "dense": lambda x: soft_target_infonce(x, t.to_dense(), q, 0.5),
+        "dense module": lambda x: SoftTargetInfoNCE(q, 0.5)(x, t.to_dense()),
         "module": lambda x: SoftTargetInfoNCE(q, 0.5)(x, t),
-        "separated": lambda x: separated_infonce(x, t, torch.tensor([0, 3, 7]), q, 0.5),
+        "separated": lambda x: separated_infonce(x, t, torch.tensor([0, 3, c - 1]), q, 0.5),
         "soft_ce": lambda x: SoftTargetCrossEntropy(0.5)(x, t),
         "infonce": lambda x: InfoNCE(q, 0.5)(x, t.argmax()),
     }
