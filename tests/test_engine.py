@@ -181,6 +181,79 @@ def test_epoch_end_checkpoints_follow_ckpt_every_seconds(tmp_path, monkeypatch, 
         cfg_for(tmp_path, ckpt_every_seconds=-1.0)
 
 
+@pytest.mark.parametrize("interval", [0.0, 25.0, 1e6])
+def test_best_weights_are_written_with_the_checkpoints(tmp_path, monkeypatch, interval):
+    """best.pt is written just before a checkpoint and only when an evaluation since the last
+    one made new best weights; what ends on disk is the best evaluation's weights and record,
+    and each write holds the weights as they were at that evaluation, not at the write."""
+    import softnce.harness.rundir as rundir
+    import softnce.harness.runs as runs
+
+    clock = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(rundir, "_now", lambda: float(next(clock)))
+    events: list[tuple[str, int]] = []
+    orig_ckpt, orig_best = Trainer._save_checkpoint, runs.write_best_weights
+
+    def spy_ckpt(self, gen):  # noted once written (best.pt is written inside, first)
+        orig_ckpt(self, gen)
+        events.append(("ckpt", self.epoch))
+
+    def spy_best(out, payload):
+        events.append(("best", int(payload["record"]["epoch"])))
+        return orig_best(out, payload)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", spy_ckpt)
+    monkeypatch.setattr(runs, "write_best_weights", spy_best)
+    out = tmp_path / "run"
+    summary = train(cfg_for(tmp_path, epochs=5, ckpt_every_seconds=interval), log=lambda m: None)
+    ckpts = [e for k, e in events if k == "ckpt"]
+    bests = [e for k, e in events if k == "best"]
+    assert len(ckpts) == {0.0: 5, 25.0: 2, 1e6: 1}[interval]
+    assert 1 <= len(bests) <= len(ckpts)
+    for i, (kind, epoch) in enumerate(events):
+        if kind == "best":  # each best write comes right before a checkpoint, never after
+            assert events[i + 1][0] == "ckpt" and epoch <= events[i + 1][1]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["record"]["step"] == summary["best"]["step"] and bests[-1] == summary["best"]["epoch"]
+    if summary["best"]["epoch"] < 5:  # the weights of that evaluation, not the final ones
+        last = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+        assert any(not torch.equal(best["model"][k], last[k]) for k in last)
+
+
+class _NanAfterSteps(nn.Module):
+    """Finite for ``after`` calls in training mode, then NaN (evaluation stays finite)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def forward(self, logits, targets):
+        self.calls += 1
+        loss = nn.functional.cross_entropy(logits, targets)
+        return loss * float("nan") if self.calls > self.after else loss
+
+
+if "test-nan-after-40" not in LOSSES:
+    register_loss("test-nan-after-40", targets="hard")(lambda cfg, bundle: _NanAfterSteps(40))
+
+
+def test_run_stopped_by_non_finite_loss_keeps_its_best_weights(tmp_path):
+    """No checkpoint was due before the loss turned NaN after 40 training steps
+    (ckpt_every_seconds is large), yet the best evaluation's weights reach best.pt on the way
+    out."""
+    cfg = cfg_for(tmp_path, loss="test-nan-after-40", epochs=10, ckpt_every_seconds=1e6)
+    with pytest.raises(NonFiniteLossError):
+        train(cfg, log=lambda m: None)
+    out = tmp_path / "run"
+    assert not (out / "checkpoint.pt").exists()
+    recs = records(out)
+    assert 1 <= len(recs) < 10  # stopped part-way, after at least one evaluation
+    top = max(recs, key=lambda r: (r["top1"], -r["nll"]))
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["record"]["step"] == top["step"]
+    assert all(torch.isfinite(v).all() for v in best["model"].values())
+
+
 def test_first_step_checked_then_loss_checks_relaxed(tmp_path, monkeypatch):
     """The harness builds its loss with validate_args=True, checks the first optimiser step
     fully, then turns the loss's value checks off (its own non-finite check stays)."""

@@ -194,10 +194,10 @@ class EvaluationMixin:
         if self.best is None or (rec["top1"], -rec["nll"]) > (self.best["top1"],
                                                              -self.best["nll"]):
             self.best = dict(rec)
-            if self.rank == 0:  # best.pt: weights only (EMA when used) of this evaluation
-                from softnce.harness.runs import save_best_weights
+            if self.rank == 0:  # best.pt: weights only (EMA when used) of this evaluation,
+                from softnce.harness.runs import best_weights  # written with the next checkpoint
 
-                save_best_weights(self, rec)
+                self._pending_best = best_weights(self, rec)
         if self.rank == 0:
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(rec) + "\n")

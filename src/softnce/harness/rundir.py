@@ -270,6 +270,7 @@ class RunDirMixin:
             per_rank = [local]
         if self.rank != 0:
             return
+        self._flush_best()  # first: a checkpoint never names a best that is not on disk
         ckpt = {
             "format": 1,
             "model": self.model.state_dict(),
@@ -289,6 +290,33 @@ class RunDirMixin:
             "config": json.loads(json.dumps(self.cfg.to_dict(), default=str)),
         }
         atomic_save(ckpt, self.out / CHECKPOINT)
+
+    def _flush_best(self) -> None:
+        """Write ``best.pt`` if an evaluation since the last write made new best weights.
+
+        ``best.pt`` is written with the checkpoints (at most every ``ckpt_every_seconds``, and
+        always at the end, on a signal and when the run stops on an error), not at every
+        improvement: a 30-epoch run improves a dozen times, and each write is a serialisation,
+        a hash and three fsynced atomic writes. So on disk ``best.pt`` always goes with the
+        checkpoint beside it (a resumed run re-finds any later best: training is
+        deterministic)."""
+        payload = getattr(self, "_pending_best", None)
+        if payload is not None:
+            from softnce.harness.runs import write_best_weights
+
+            write_best_weights(self.out, payload)
+            self._pending_best = None
+
+    def _flush_best_on_error(self) -> None:
+        """A run stopping on an error (a non-finite loss, a failing data set) still leaves the
+        best weights it evaluated; a failure to write them is reported, never hides the
+        error that stopped the run."""
+        if getattr(self, "_pending_best", None) is None or self.rank != 0:
+            return
+        try:
+            self._flush_best()
+        except Exception as e:  # noqa: BLE001 - the original error is what the user needs
+            self._log(f"could not write the best weights to {self.out}: {e}")
 
     def _load_checkpoint(self) -> dict[str, Any]:
         """The checkpoint, verified against its sha256 sidecar; ConfigError naming the file

@@ -37,7 +37,8 @@ from torch import nn
 from softnce.harness.config import ConfigError, TrainConfig
 
 __all__ = ["BEST_METRIC", "LoadedRun", "RunError", "load_run", "model_info", "write_model_info",
-           "save_best_weights", "read_calibration", "write_calibration"]
+           "best_weights", "write_best_weights", "save_best_weights", "read_calibration",
+           "write_calibration"]
 
 MODEL_FILE = "model.json"
 BEST_FILE = "best.pt"
@@ -125,16 +126,28 @@ def write_model_info(trainer: Any, fresh: bool) -> None:
     _atomic_write_text(out / MODEL_FILE, json.dumps(model_info(trainer), indent=2) + "\n")
 
 
-def save_best_weights(trainer: Any, rec: Mapping[str, Any]) -> None:
-    """``best.pt``: the evaluated weights (EMA when used) and the record that made them best."""
-    from softnce.harness.state import atomic_save
-
+def best_weights(trainer: Any, rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The content of ``best.pt`` for the evaluation ``rec``: a CPU copy of the evaluated
+    weights (EMA when used) and the record that made them best. Taken at the evaluation (the
+    weights change with the next step); written by :func:`write_best_weights`."""
     model = trainer.ema.module if getattr(trainer, "ema", None) is not None else trainer.model
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     meta = {k: float(v) for k, v in rec.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    atomic_save({"format": 1, "model": state, "ema": getattr(trainer, "ema", None) is not None,
-                 "record": meta, "best_metric": BEST_METRIC}, Path(trainer.out) / BEST_FILE)
+    return {"format": 1, "model": state, "ema": getattr(trainer, "ema", None) is not None,
+            "record": meta, "best_metric": BEST_METRIC}
+
+
+def write_best_weights(out: str | Path, payload: Mapping[str, Any]) -> None:
+    """``best.pt`` (atomic, checksummed) from :func:`best_weights`."""
+    from softnce.harness.state import atomic_save
+
+    atomic_save(dict(payload), Path(out) / BEST_FILE)
+
+
+def save_best_weights(trainer: Any, rec: Mapping[str, Any]) -> None:
+    """``best.pt`` for the evaluation ``rec``, written now."""
+    write_best_weights(trainer.out, best_weights(trainer, rec))
 
 
 # ------------------------------------------------------------------------------- reading

@@ -239,6 +239,9 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
         except RunInterrupted:
             remove_own_tmp_files()
             raise
+        except BaseException:
+            self._flush_best_on_error()
+            raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
