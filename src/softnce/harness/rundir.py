@@ -23,6 +23,7 @@ from softnce.harness.state import (
     atomic_save,
     git_commit,
     package_versions,
+    remove_own_tmp_files,
     rng_state,
     set_rng_state,
     verify_checksum,
@@ -307,10 +308,15 @@ class RunDirMixin:
             write_best_weights(self.out, payload)
             self._pending_best = None
 
-    def _flush_best_on_error(self) -> None:
-        """A run stopping on an error (a non-finite loss, a failing data set) still leaves the
-        best weights it evaluated; a failure to write them is reported, never hides the
-        error that stopped the run."""
+    def _on_run_error(self, error: BaseException) -> None:
+        """On the way out of a run that raised: a signal's stop (:class:`RunInterrupted`, its
+        checkpoint already written) removes this process's temporary files; any other error
+        (a non-finite loss, a failing data set) still leaves the best weights the run
+        evaluated. A failure to write them is reported and never hides the error that
+        stopped the run."""
+        if isinstance(error, RunInterrupted):
+            remove_own_tmp_files()
+            return
         if getattr(self, "_pending_best", None) is None or self.rank != 0:
             return
         try:

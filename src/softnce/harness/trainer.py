@@ -69,7 +69,6 @@ from softnce.harness.state import (  # noqa: F401
     lr_at,
     move_to,
     package_versions,
-    remove_own_tmp_files,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -236,11 +235,8 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
         previous = self._install_signal_handlers()
         try:
             return self._run()
-        except RunInterrupted:
-            remove_own_tmp_files()
-            raise
-        except BaseException:
-            self._flush_best_on_error()
+        except BaseException as e:
+            self._on_run_error(e)
             raise
         finally:
             for signum, handler in previous.items():
