@@ -183,41 +183,45 @@ def test_epoch_end_checkpoints_follow_ckpt_every_seconds(tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("interval", [0.0, 25.0, 1e6])
 def test_best_weights_are_written_with_the_checkpoints(tmp_path, monkeypatch, interval):
-    """best.pt is written just before a checkpoint and only when an evaluation since the last
-    one made new best weights; what ends on disk is the best evaluation's weights and record,
-    and each write holds the weights as they were at that evaluation, not at the write."""
+    """best.pt is written just before checkpoint.pt, and only when an evaluation since the
+    last write made new best weights; each write holds the weights as they were at that
+    evaluation (not at the write), and what ends on disk is the best evaluation's."""
     import softnce.harness.rundir as rundir
     import softnce.harness.runs as runs
+    import softnce.harness.state as state
 
     clock = iter(range(0, 10_000, 10))
     monkeypatch.setattr(rundir, "_now", lambda: float(next(clock)))
-    events: list[tuple[str, int]] = []
-    orig_ckpt, orig_best = Trainer._save_checkpoint, runs.write_best_weights
+    writes: list[tuple[str, object]] = []
+    snapshots: dict[float, dict] = {}
+    orig_save, orig_best = state.atomic_save, runs.best_weights
 
-    def spy_ckpt(self, gen):  # noted once written (best.pt is written inside, first)
-        orig_ckpt(self, gen)
-        events.append(("ckpt", self.epoch))
+    def spy_save(obj, path):
+        writes.append((Path(path).name, obj["record"]["step"] if "record" in obj else None))
+        return orig_save(obj, path)
 
-    def spy_best(out, payload):
-        events.append(("best", int(payload["record"]["epoch"])))
-        return orig_best(out, payload)
+    def spy_best(trainer, rec):
+        payload = orig_best(trainer, rec)
+        snapshots[rec["step"]] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        return payload
 
-    monkeypatch.setattr(Trainer, "_save_checkpoint", spy_ckpt)
-    monkeypatch.setattr(runs, "write_best_weights", spy_best)
+    monkeypatch.setattr(state, "atomic_save", spy_save)
+    monkeypatch.setattr(rundir, "atomic_save", spy_save)
+    monkeypatch.setattr(runs, "best_weights", spy_best)
     out = tmp_path / "run"
     summary = train(cfg_for(tmp_path, epochs=5, ckpt_every_seconds=interval), log=lambda m: None)
-    ckpts = [e for k, e in events if k == "ckpt"]
-    bests = [e for k, e in events if k == "best"]
-    assert len(ckpts) == {0.0: 5, 25.0: 2, 1e6: 1}[interval]
-    assert 1 <= len(bests) <= len(ckpts)
-    for i, (kind, epoch) in enumerate(events):
-        if kind == "best":  # each best write comes right before a checkpoint, never after
-            assert events[i + 1][0] == "ckpt" and epoch <= events[i + 1][1]
+    names = [n for n, _ in writes if n in ("best.pt", "checkpoint.pt")]
+    assert names.count("checkpoint.pt") == {0.0: 5, 25.0: 2, 1e6: 1}[interval]
+    for i, name in enumerate(names):  # every best.pt write comes right before a checkpoint
+        if name == "best.pt":
+            assert names[i + 1] == "checkpoint.pt"
+    best_steps = [step for n, step in writes if n == "best.pt"]
+    assert best_steps and best_steps == sorted(set(best_steps))  # never rewritten unchanged
+    assert set(best_steps) <= set(snapshots)  # only improvements are written
     best = torch.load(out / "best.pt", weights_only=True)
-    assert best["record"]["step"] == summary["best"]["step"] and bests[-1] == summary["best"]["epoch"]
-    if summary["best"]["epoch"] < 5:  # the weights of that evaluation, not the final ones
-        last = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
-        assert any(not torch.equal(best["model"][k], last[k]) for k in last)
+    assert best["record"]["step"] == summary["best"]["step"] == best_steps[-1]
+    want = snapshots[best_steps[-1]]  # the weights at that evaluation, bit for bit
+    assert all(torch.equal(best["model"][k], want[k]) for k in want)
 
 
 class _NanAfterSteps(nn.Module):
@@ -252,6 +256,25 @@ def test_run_stopped_by_non_finite_loss_keeps_its_best_weights(tmp_path):
     best = torch.load(out / "best.pt", weights_only=True)
     assert best["record"]["step"] == top["step"]
     assert all(torch.isfinite(v).all() for v in best["model"].values())
+
+
+def test_resume_says_when_best_is_ahead_of_the_checkpoint(tmp_path):
+    """A run stopped by an error after an improvement that no checkpoint covered leaves a
+    best.pt ahead of checkpoint.pt; the resume keeps it and says so."""
+    cfg = cfg_for(tmp_path, loss="test-nan-after-40", epochs=10, ckpt_every_seconds=1e6,
+                  ckpt_every_steps=30)
+    with pytest.raises(NonFiniteLossError):
+        train(cfg, log=lambda m: None)
+    out = tmp_path / "run"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["global_step"] == 30
+    ahead = torch.load(out / "best.pt", weights_only=True)["record"]["step"]
+    assert ahead > 30  # the evaluation after the checkpoint improved (digits: step 32)
+    logs: list[str] = []
+    with pytest.raises(NonFiniteLossError):
+        train(cfg_for(tmp_path, loss="test-nan-after-40", epochs=10, ckpt_every_seconds=1e6,
+                      ckpt_every_steps=30, resume=True), log=logs.append)
+    assert any(f"evaluation at step {int(ahead)}, after this checkpoint's step 30" in m
+               for m in logs), logs
 
 
 def test_first_step_checked_then_loss_checks_relaxed(tmp_path, monkeypatch):

@@ -197,6 +197,7 @@ class EvaluationMixin:
             if self.rank == 0:  # best.pt: weights only (EMA when used) of this evaluation,
                 from softnce.harness.runs import best_weights  # written with the next checkpoint
 
+                self._pending_best = None  # free the older copy before taking this one
                 self._pending_best = best_weights(self, rec)
         if self.rank == 0:
             with open(self.out / "metrics.jsonl", "a") as fh:

@@ -298,9 +298,11 @@ class RunDirMixin:
         ``best.pt`` is written with the checkpoints (at most every ``ckpt_every_seconds``, and
         always at the end, on a signal and when the run stops on an error), not at every
         improvement: a 30-epoch run improves a dozen times, and each write is a serialisation,
-        a hash and three fsynced atomic writes. So on disk ``best.pt`` always goes with the
-        checkpoint beside it (a resumed run re-finds any later best: training is
-        deterministic)."""
+        a hash and three fsynced atomic writes. So on disk ``best.pt`` goes with the
+        checkpoint beside it, with one exception: a run stopped by an error writes the best it
+        evaluated after its last checkpoint (:meth:`_on_run_error`). A resume from that
+        checkpoint re-finds that best where training is bit-exact (CPU, ``workers=0``) and says
+        so when it starts (:meth:`_note_best_ahead`)."""
         payload = getattr(self, "_pending_best", None)
         if payload is not None:
             from softnce.harness.runs import write_best_weights
@@ -398,5 +400,25 @@ class RunDirMixin:
             if self.rank == 0:
                 _atomic_write_text(mpath, "".join(json.dumps(r) + "\n" for r in self.records))
         self._log(f"resumed {self.out} at epoch {self.epoch} step {self.global_step}")
+        self._note_best_ahead()
+
+    def _note_best_ahead(self) -> None:
+        """Rank 0 on resume: say so when ``best.pt`` holds an evaluation after the checkpoint's
+        step (written by a run stopped on an error); it is kept until this run writes its own
+        best, which on a bit-exact resume is the same evaluation again."""
+        from softnce.harness.runs import BEST_FILE
+
+        path = self.out / BEST_FILE
+        if self.rank != 0 or not path.is_file():
+            return
+        try:
+            step = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[
+                "record"]["step"]
+        except Exception:  # noqa: BLE001 - unreadable: load_run reports it when asked
+            return
+        if step > self.global_step:
+            self._log(f"{path} holds the evaluation at step {int(step)}, after this "
+                      f"checkpoint's step {self.global_step} (the run stopped on an error); "
+                      f"it is kept until this run writes its own best")
 
     # ------------------------------------------------------------------ training

@@ -116,12 +116,13 @@ def model_info(trainer: Any) -> dict[str, Any]:
 
 def write_model_info(trainer: Any, fresh: bool) -> None:
     """Rank 0 at run start: write ``model.json``; a fresh run also drops a stale
-    ``best.pt`` / ``calibration.json`` left by an earlier attempt in the same directory."""
+    ``best.pt`` (and its checksum) / ``calibration.json`` left by an earlier attempt in the
+    same directory."""
     from softnce.harness.state import _atomic_write_text
 
     out = Path(trainer.out)
     if fresh:
-        for name in (BEST_FILE, CALIBRATION_FILE):
+        for name in (BEST_FILE, BEST_FILE + ".sha256", CALIBRATION_FILE):
             (out / name).unlink(missing_ok=True)
     _atomic_write_text(out / MODEL_FILE, json.dumps(model_info(trainer), indent=2) + "\n")
 

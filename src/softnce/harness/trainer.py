@@ -325,6 +325,7 @@ class Trainer(RunDirMixin, EvaluationMixin, ProgressMixin):
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.loss_sum, self.loss_count = 0.0, 0
         self.best: dict[str, Any] | None = None
+        self._pending_best: dict[str, Any] | None = None  # best.pt not yet written
         self.complete = False
         self.records: list[dict[str, Any]] = []
         if mode == "resume":
