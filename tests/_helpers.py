@@ -30,3 +30,29 @@ def run_workers(fn, args: tuple, nprocs: int, timeout: float) -> None:
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"distributed workers did not finish within {timeout:g} s")
+
+
+def run_benchmark(name: str, *args: str, cwd, timeout: float = 300):
+    """``python benchmarks/<name>.py *args`` in ``cwd`` (a fresh process, output captured)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def import_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (imported once, without leaving its folder on
+    ``sys.path``)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)

@@ -4,19 +4,14 @@ bad arguments. No assertion on the times themselves."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "bench_checks.py"
+from _helpers import import_benchmark, run_benchmark
 
 
 def test_bench_checks_two_processes(tmp_path):
     out = tmp_path / "checks.json"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "8x5,6x3", "--processes", "2",
-                        "--rounds", "2", "--threads", "1", "--json", str(out)],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = run_benchmark("bench_checks", "--sizes", "8x5,6x3", "--processes", "2",
+                      "--rounds", "2", "--threads", "1", "--json", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     d = json.loads(out.read_text())
     assert len(d["runs"]) == 2 and d["target"] == 1.1
@@ -37,11 +32,7 @@ def test_bench_checks_two_processes(tmp_path):
 
 
 def test_aggregate_takes_median_min_max_over_processes():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import bench_checks
-    finally:
-        sys.path.pop(0)
+    bench_checks = import_benchmark("bench_checks")
     runs = [{"1x2": {"a": 1.0}}, {"1x2": {"a": 1.3}}, {"1x2": {"a": 1.05}}]
     t = bench_checks.aggregate(runs)["1x2"]["a"]
     assert (t["median"], t["min"], t["max"], t["met"]) == (1.05, 1.0, 1.3, True)
@@ -53,6 +44,5 @@ def test_bench_checks_rejects_bad_arguments(tmp_path):
     for args, msg in ((["--sizes", "8y5"], "--sizes items must look like 256x100"),
                       (["--sizes", "0x5"], "--sizes items must look like 256x100"),
                       (["--processes", "0"], "--processes must be >= 1, got 0")):
-        r = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                           timeout=120, cwd=tmp_path)
+        r = run_benchmark("bench_checks", *args, cwd=tmp_path, timeout=120)
         assert r.returncode == 2 and msg in r.stderr, r.stderr

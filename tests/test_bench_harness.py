@@ -4,19 +4,14 @@ the script behind the harness-vs-bare-loop figure keeps working. No assertion on
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "bench_harness.py"
+from _helpers import import_benchmark, run_benchmark
 
 
 def test_bench_harness_one_round(tmp_path):
     out = tmp_path / "harness.json"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--epochs", "1", "--repeats", "1",
-                        "--json", str(out)], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path)
+    r = run_benchmark("bench_harness", "--epochs", "1", "--repeats", "1",
+                      "--json", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     d = json.loads(out.read_text())
     assert len(d["bare_s"]) == len(d["harness_s"]) == len(d["ratios"]) == 1
@@ -28,17 +23,12 @@ def test_bench_harness_one_round(tmp_path):
 
 
 def test_bench_harness_rejects_zero_repeats(tmp_path):
-    r = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "0"], capture_output=True,
-                       text=True, timeout=120, cwd=tmp_path)
+    r = run_benchmark("bench_harness", "--repeats", "0", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "--repeats must be >= 1" in r.stderr
 
 
 def test_paired_rounds_warm_up_alternate_and_pair():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import bench_harness
-    finally:
-        sys.path.pop(0)
+    bench_harness = import_benchmark("bench_harness")
     calls: list[str] = []
     times = {"a": iter([9.0, 1.0, 2.0, 4.0]), "b": iter([9.0, 3.0, 2.0, 2.0])}
 

@@ -4,19 +4,15 @@ the speed issue's start-up targets keeps working. No assertion on the times them
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "bench_startup.py"
+from _helpers import import_benchmark, run_benchmark
 
 
 def test_bench_startup_one_round(tmp_path):
     out = tmp_path / "startup.json"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "1", "--epochs", "1",
-                        "--json", str(out)], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path)
+    r = run_benchmark("bench_startup", "--rounds", "1", "--epochs", "1",
+                      "--json", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     d = json.loads(out.read_text())
     assert set(d["median_s"]) == {"import torch", "softnce --help",
@@ -29,17 +25,12 @@ def test_bench_startup_one_round(tmp_path):
 
 
 def test_bench_startup_rejects_zero_rounds(tmp_path):
-    r = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "0"], capture_output=True,
-                       text=True, timeout=120, cwd=tmp_path)
+    r = run_benchmark("bench_startup", "--rounds", "0", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "--rounds must be >= 1, got 0" in r.stderr
 
 
 def test_bench_startup_reports_a_failing_command(tmp_path):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import bench_startup
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    bench_startup = import_benchmark("bench_startup")
     try:
         bench_startup.time_once([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, "x")
     except SystemExit as e:

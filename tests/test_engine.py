@@ -224,59 +224,6 @@ def test_best_weights_are_written_with_the_checkpoints(tmp_path, monkeypatch, in
     assert all(torch.equal(best["model"][k], want[k]) for k in want)
 
 
-class _NanAfterSteps(nn.Module):
-    """Finite for ``after`` calls in training mode, then NaN (evaluation stays finite)."""
-
-    def __init__(self, after: int) -> None:
-        super().__init__()
-        self.after, self.calls = after, 0
-
-    def forward(self, logits, targets):
-        self.calls += 1
-        loss = nn.functional.cross_entropy(logits, targets)
-        return loss * float("nan") if self.calls > self.after else loss
-
-
-if "test-nan-after-40" not in LOSSES:
-    register_loss("test-nan-after-40", targets="hard")(lambda cfg, bundle: _NanAfterSteps(40))
-
-
-def test_run_stopped_by_non_finite_loss_keeps_its_best_weights(tmp_path):
-    """No checkpoint was due before the loss turned NaN after 40 training steps
-    (ckpt_every_seconds is large), yet the best evaluation's weights reach best.pt on the way
-    out."""
-    cfg = cfg_for(tmp_path, loss="test-nan-after-40", epochs=10, ckpt_every_seconds=1e6)
-    with pytest.raises(NonFiniteLossError):
-        train(cfg, log=lambda m: None)
-    out = tmp_path / "run"
-    assert not (out / "checkpoint.pt").exists()
-    recs = records(out)
-    assert 1 <= len(recs) < 10  # stopped part-way, after at least one evaluation
-    top = max(recs, key=lambda r: (r["top1"], -r["nll"]))
-    best = torch.load(out / "best.pt", weights_only=True)
-    assert best["record"]["step"] == top["step"]
-    assert all(torch.isfinite(v).all() for v in best["model"].values())
-
-
-def test_resume_says_when_best_is_ahead_of_the_checkpoint(tmp_path):
-    """A run stopped by an error after an improvement that no checkpoint covered leaves a
-    best.pt ahead of checkpoint.pt; the resume keeps it and says so."""
-    cfg = cfg_for(tmp_path, loss="test-nan-after-40", epochs=10, ckpt_every_seconds=1e6,
-                  ckpt_every_steps=30)
-    with pytest.raises(NonFiniteLossError):
-        train(cfg, log=lambda m: None)
-    out = tmp_path / "run"
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["global_step"] == 30
-    ahead = torch.load(out / "best.pt", weights_only=True)["record"]["step"]
-    assert ahead > 30  # the evaluation after the checkpoint improved (digits: step 32)
-    logs: list[str] = []
-    with pytest.raises(NonFiniteLossError):
-        train(cfg_for(tmp_path, loss="test-nan-after-40", epochs=10, ckpt_every_seconds=1e6,
-                      ckpt_every_steps=30, resume=True), log=logs.append)
-    assert any(f"evaluation at step {int(ahead)}, after this checkpoint's step 30" in m
-               for m in logs), logs
-
-
 def test_first_step_checked_then_loss_checks_relaxed(tmp_path, monkeypatch):
     """The harness builds its loss with validate_args=True, checks the first optimiser step
     fully, then turns the loss's value checks off (its own non-finite check stays)."""
@@ -314,6 +261,44 @@ class _NanAfter(nn.Module):
 
 if "test-nan-after-5" not in LOSSES:
     register_loss("test-nan-after-5", targets="hard")(lambda cfg, bundle: _NanAfter(5))
+if "test-nan-after-40" not in LOSSES:
+    register_loss("test-nan-after-40", targets="hard")(lambda cfg, bundle: _NanAfter(40))
+
+
+def test_run_stopped_by_non_finite_loss_keeps_its_best_weights(tmp_path):
+    """No checkpoint was due before the loss turned NaN after 40 training steps
+    (ckpt_every_seconds is large), yet the best evaluation's weights reach best.pt on the way
+    out."""
+    cfg = cfg_for(tmp_path, loss="test-nan-after-40", epochs=10, ckpt_every_seconds=1e6)
+    with pytest.raises(NonFiniteLossError):
+        train(cfg, log=lambda m: None)
+    out = tmp_path / "run"
+    assert not (out / "checkpoint.pt").exists()
+    recs = records(out)
+    assert 1 <= len(recs) < 10  # stopped part-way, after at least one evaluation
+    top = max(recs, key=lambda r: (r["top1"], -r["nll"]))
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["record"]["step"] == top["step"]
+    assert all(torch.isfinite(v).all() for v in best["model"].values())
+
+
+def test_resume_says_when_best_is_ahead_of_the_checkpoint(tmp_path):
+    """A run stopped by an error after an improvement that no checkpoint covered leaves a
+    best.pt ahead of checkpoint.pt; the resume keeps it and says so."""
+    cfg = cfg_for(tmp_path, loss="test-nan-after-40", epochs=10, ckpt_every_seconds=1e6,
+                  ckpt_every_steps=30)
+    with pytest.raises(NonFiniteLossError):
+        train(cfg, log=lambda m: None)
+    out = tmp_path / "run"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["global_step"] == 30
+    ahead = torch.load(out / "best.pt", weights_only=True)["record"]["step"]
+    assert ahead > 30  # the evaluation after the checkpoint improved (digits: step 32)
+    logs: list[str] = []
+    with pytest.raises(NonFiniteLossError):
+        train(cfg_for(tmp_path, loss="test-nan-after-40", epochs=10, ckpt_every_seconds=1e6,
+                      ckpt_every_steps=30, resume=True), log=logs.append)
+    assert any(f"evaluation at step {int(ahead)}, after this checkpoint's step 30" in m
+               for m in logs), logs
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoint(tmp_path, capsys):
