@@ -37,8 +37,7 @@ from torch import nn
 from softnce.harness.config import ConfigError, TrainConfig
 
 __all__ = ["BEST_METRIC", "LoadedRun", "RunError", "load_run", "model_info", "write_model_info",
-           "best_weights", "write_best_weights", "save_best_weights", "read_calibration",
-           "write_calibration"]
+           "best_weights", "write_best_weights", "read_calibration", "write_calibration"]
 
 MODEL_FILE = "model.json"
 BEST_FILE = "best.pt"
@@ -144,11 +143,6 @@ def write_best_weights(out: str | Path, payload: Mapping[str, Any]) -> None:
     from softnce.harness.state import atomic_save
 
     atomic_save(dict(payload), Path(out) / BEST_FILE)
-
-
-def save_best_weights(trainer: Any, rec: Mapping[str, Any]) -> None:
-    """``best.pt`` for the evaluation ``rec``, written now."""
-    write_best_weights(trainer.out, best_weights(trainer, rec))
 
 
 # ------------------------------------------------------------------------------- reading
